@@ -1,0 +1,183 @@
+"""`python -m edge_runtime`: parse flags, load config, build the pipeline, run it, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from . import __version__
+from . import config as config_mod
+from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError
+
+log = logging.getLogger("edge_runtime")
+
+# Flag dest -> config key path, so a bad flag value is reported under the flag's own name.
+FLAG_KEYS = {
+    "source": ("source", "--source"), "camera": ("camera", "--camera"), "model": ("model", "--model"),
+    "threads": ("threads", "--threads"), "top_k": ("top_k", "--top-k"),
+    "max_frames": ("max_frames", "--max-frames"), "stats_interval": ("stats_interval", "--stats-interval"),
+    "loop": ("loop", "--loop"), "realtime": ("realtime", "--realtime"),
+    "quiet_predictions": ("quiet_predictions", "--quiet-predictions"),
+    "log_predictions": ("log.predictions", "--log-predictions"), "log_level": ("log.level", "--log-level"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m edge_runtime",
+        description="Classify camera frames with an ONNX model; JSON lines on stdout, logs on stderr.",
+        epilog="Other commands: `python -m edge_runtime bench --help`. Exit codes: 0 done, "
+               "2 usage/config/model error, 1 unexpected.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", metavar="URI",
+                     help="csi://N, /dev/videoN, v4l2:///dev/videoN, a video file or file://..., an image "
+                          "folder, rtsp://..., http://..., synthetic://WIDTHxHEIGHT[?fps=F]")
+    src.add_argument("--camera", type=int, metavar="N",
+                     help="camera N: the Pi camera (picamera2) on a Raspberry Pi, /dev/videoN elsewhere")
+    p.add_argument("--model", metavar="PATH", help=f"ONNX model (default {config_mod.DEFAULT_MODEL})")
+    p.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--top-k", type=int, metavar="K", help="labels per prediction (default 5)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 5)")
+    p.add_argument("--loop", action="store_true", default=None, help="restart a file or folder at its end")
+    p.add_argument("--realtime", action="store_true", default=None, help="pace a video file at its frame rate")
+    p.add_argument("--quiet-predictions", action="store_true", default=None,
+                   help="only stats lines on stdout")
+    p.add_argument("--log-predictions", action="store_true", default=None,
+                   help="also log every prediction (journal) at info level")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--validate-config", action="store_true",
+                   help="check the config, model and source string, print the result, exit")
+    p.add_argument("--version", action="version", version=f"edge_runtime {__version__}")
+    return p
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal adds its own timestamps; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") \
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, dest) for dest, (key, _flag) in FLAG_KEYS.items()
+            if getattr(args, dest, None) is not None}
+
+
+def warn_untrained(engine) -> None:
+    if engine.spec.untrained:
+        bar = "!" * 78
+        for line in (bar, f"MODEL HAS UNTRAINED (RANDOM) WEIGHTS: {engine.path}",
+                     "Its predictions are meaningless. It proves the pipeline runs, nothing more.",
+                     "Export trained weights: python models/export.py --weights imagenet (see models/README.md).",
+                     bar):
+            log.warning(line)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .notify import Notifier
+    from .pipeline import Pipeline, PipelineOptions
+    from .sinks import LogSink, OutputClosed, StdoutSink
+    from .sources import SourceOptions, camera_uri, open_source
+
+    started = time.perf_counter()
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            return
+        log.info("%s received; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda *_: log.warning(
+        "SIGHUP: this version does not reload its config; restart the service to apply changes"))
+
+    flag_names = {key: flag for key, flag in FLAG_KEYS.values()}
+    cfg = config_mod.load(args.config, overrides_from(args), flag_names)
+    setup_logging(cfg.log.level)
+
+    if cfg.camera is not None:
+        uri = camera_uri(cfg.camera)
+    elif cfg.source is not None:
+        uri = cfg.source
+    else:
+        raise UserError("no source: give --source URI or --camera N (or `source:` in the config file); "
+                        "try --source synthetic://640x480 to see it work without a camera")
+
+    if cfg.model == config_mod.DEFAULT_MODEL and not os.path.exists(cfg.model):
+        raise UserError(f"model {cfg.model}: file not found. Make one with `python models/export.py --arch small "
+                        f"--weights random --output {cfg.model}` (untrained; see models/README.md for "
+                        "trained weights) or point --model at your .onnx file")
+    engine = Engine(cfg.model, cfg.threads, config_spec=cfg.model_spec, config_file=args.config,
+                    config_dir=config_mod.config_dir(args.config))
+    spec = engine.spec.input
+    source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
+                                   height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
+                                   model_size=tuple(spec.size), model_resize=spec.resize)
+    open_source(uri, source_options)      # refuse a bad source string before anything starts
+
+    if args.validate_config:
+        print(f"config OK: source {uri}; model {engine.describe()}")
+        return EXIT_OK
+
+    log.info("model: %s", engine.describe())
+    warn_untrained(engine)
+    engine.warm_up()
+
+    sinks = [StdoutSink(predictions=not cfg.quiet_predictions), LogSink(predictions=cfg.log.predictions)]
+    options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
+                              stall_timeout=cfg.capture.stall_timeout,
+                              reconnect_initial=cfg.capture.reconnect_initial_delay,
+                              reconnect_max=cfg.capture.reconnect_max_delay)
+    pipeline = Pipeline(lambda: open_source(uri, source_options), engine, sinks, options, stop=stop,
+                        notifier=Notifier())
+    log.info("source: %s (%s); ready in %.2f s", uri, "live" if pipeline.live else "frame by frame",
+             time.perf_counter() - started)
+    try:
+        pipeline.run()
+    except OutputClosed:
+        _silence_stdout()
+        pipeline.finish()
+        return EXIT_OK
+    line = pipeline.finish()
+    if line is None:
+        _silence_stdout()
+    return EXIT_OK
+
+
+def _silence_stdout() -> None:
+    """stdout's reader is gone: point fd 1 at /dev/null so the interpreter's exit flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "info")
+    try:
+        return run_daemon(args)
+    except UserError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("unexpected error (please report it with this traceback)")
+        return EXIT_UNEXPECTED

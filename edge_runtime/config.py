@@ -1,0 +1,126 @@
+"""The daemon's configuration: one typed tree, validated in one place.
+
+A YAML file (`--config`, always yaml.safe_load) holds everything the flags hold; flags override
+it. Unknown keys, wrong types and impossible values are refused before anything starts, naming
+the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import schema
+from .errors import ConfigError
+from .schema import Invalid, at_least, field, greater_than, one_of
+
+DEFAULT_MODEL = "models/mobilenetv3_small.onnx"
+DEFAULT_CONFIG_FILE = Path(__file__).parent / "data" / "config.yaml"
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    width: int | None = field(None, check=greater_than(0), help="frame size asked of a camera")
+    height: int | None = field(None, check=greater_than(0))
+    fps: float | None = field(None, check=greater_than(0))
+    timeout: float = field(5.0, check=greater_than(0), help="a capture slower than this counts as lost")
+    stall_timeout: float = field(10.0, check=greater_than(0),
+                                 help="no frame from a live source for this long: reopen it")
+    reconnect_initial_delay: float = field(0.5, check=greater_than(0))
+    reconnect_max_delay: float = field(30.0, check=greater_than(0))
+
+    def __post_init__(self):
+        if (self.width is None) != (self.height is None):
+            raise Invalid("width", "set both capture.width and capture.height, or neither")
+        if self.reconnect_max_delay < self.reconnect_initial_delay:
+            raise Invalid("reconnect_max_delay", "must be >= capture.reconnect_initial_delay")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field("info", check=one_of("debug", "info", "warning", "error"))
+    predictions: bool = field(False, help="also log every prediction at info level (journal)")
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str | None = field(None, help="a source URI; see README")
+    camera: int | None = field(None, check=at_least(0), help="camera number: csi://N on a Pi, /dev/videoN elsewhere")
+    model: str = field(DEFAULT_MODEL)
+    model_spec: dict | None = field(None, help="sidecar-format description for a model that has none")
+    threads: int = field(0, check=at_least(0), help="onnxruntime threads, 0 = all cores")
+    top_k: int = field(5, check=at_least(1))
+    max_frames: int | None = field(None, check=at_least(1))
+    stats_interval: float = field(5.0, check=greater_than(0))
+    loop: bool = field(False)
+    realtime: bool = field(False)
+    quiet_predictions: bool = field(False)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        if self.source is not None and self.camera is not None:
+            raise Invalid("source", "give either source or camera, not both")
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {getattr(exc, 'strerror', None) or exc}", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML{where}: {problem}", file=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping of keys, got {type(data).__name__}", file=str(path))
+    return data
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def load(config_file: str | None, overrides: dict[str, Any] | None = None,
+         flag_names: dict[str, str] | None = None) -> Config:
+    """The config file (if any) with command-line overrides (dotted keys) on top."""
+    data: dict = {}
+    file_label = None
+    if config_file:
+        data = _load_yaml(Path(config_file))
+        file_label = config_file
+        schema.build(Config, data, file=file_label)      # the file alone must be valid
+    if overrides:
+        for key, value in overrides.items():
+            if key in ("source", "camera") and value is not None:
+                data.pop("camera" if key == "source" else "source", None)   # a flag replaces either
+            _set_path(data, key, value)
+        try:
+            return schema.build(Config, data, file=file_label)
+        except ConfigError as exc:
+            flag = (flag_names or {}).get(exc.key or "", exc.key)
+            raise ConfigError(exc.detail, file="command line", key=flag) from None
+    return schema.build(Config, data, file=file_label)
+
+
+def config_dir(config_file: str | None) -> Path | None:
+    return Path(config_file).resolve().parent if config_file else None
+

@@ -1,0 +1,142 @@
+"""The onnxruntime CPU session: loaded, checked against the model's description, warmed up."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import model_spec as ms
+from .errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3   # onnxruntime's own warnings would land in the journal as noise
+    return opts
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    # onnxruntime prefixes "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : " — keep the useful tail.
+    return line.split(" : ")[-1].strip() or line
+
+
+class Engine:
+    """Wraps one InferenceSession. `run(tensor)` returns the first output as a flat 1-D array."""
+
+    def __init__(self, model_path: str, threads: int = 0, *, config_spec: Any = None,
+                 config_file: str | None = None, config_dir: Path | None = None):
+        import onnxruntime as ort
+
+        self.path = model_path
+        self.threads = threads or os.cpu_count() or 1
+        path = Path(model_path)
+        if not path.exists():
+            raise ModelError(model_path, "file not found")
+        if path.is_dir():
+            raise ModelError(model_path, "is a folder, not an .onnx file")
+        if path.stat().st_size == 0:
+            raise ModelError(model_path, "file is empty (0 bytes)")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(self.threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(model_path, f"onnxruntime cannot load it: {first_line(exc)}") from None
+        meta = self.session.get_modelmeta()
+        props = dict(meta.custom_metadata_map or {})
+        try:
+            self.spec = ms.resolve(model_path, props, config_spec, config_file, config_dir)
+        except ConfigError as exc:
+            raise ModelError(model_path, f"its description is invalid: {exc}") from None
+        self.input = self.session.get_inputs()[0]
+        self.output = self.session.get_outputs()[0]
+        self.num_outputs = self._check()
+        self.input_name = self.input.name
+        self.output_names = [self.output.name]
+
+    def _check(self) -> int:
+        """Refuse a model whose input or output disagrees with its description; return class count."""
+        spec = self.spec.input
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(self.path, f"expected one input, the model has {len(inputs)}: "
+                             f"{', '.join(i.name for i in inputs)}")
+        dtype = _ORT_TYPES.get(self.input.type)
+        if dtype is None:
+            raise ModelError(self.path, f"input '{self.input.name}' is {self.input.type}; only float32 and "
+                             f"uint8 image tensors are supported")
+        if dtype != spec.dtype:
+            raise ModelError(self.path, f"input '{self.input.name}' is {dtype} but the description "
+                             f"({self.spec.origin}) says dtype {spec.dtype}")
+        shape = list(self.input.shape)
+        if len(shape) != 4:
+            raise ModelError(self.path, f"input '{self.input.name}' has rank {len(shape)} {shape}; "
+                             f"an image classifier takes a rank-4 tensor (N,C,H,W or N,H,W,C)")
+        h, w = spec.size
+        want = [None, 3, h, w] if spec.layout == "nchw" else [None, h, w, 3]
+        for axis, (have, need) in enumerate(zip(shape, want, strict=True)):
+            if need is not None and isinstance(have, int) and have != need:
+                raise ModelError(self.path, f"input '{self.input.name}' has shape {shape} but the description "
+                                 f"({self.spec.origin}) says {spec.layout.upper()} with size {list(spec.size)} "
+                                 f"(axis {axis}: model {have}, description {need})")
+        out_shape = [d for d in self.output.shape]
+        classes = 1
+        for d in out_shape[1:]:
+            if isinstance(d, int):
+                classes *= d
+            else:
+                classes = -1
+                break
+        if classes == -1:
+            classes = self._probe_classes()
+        labels = self.spec.labels
+        if labels is not None and classes != len(labels) + self.spec.label_offset:
+            raise ModelError(self.path, f"the model has {classes} outputs but the labels ({self.spec.origin}) "
+                             f"give {len(labels)} classes with label_offset {self.spec.label_offset}, "
+                             f"which needs {len(labels) + self.spec.label_offset}")
+        return classes
+
+    def _probe_classes(self) -> int:
+        out = self.run(np.zeros(self.input_shape(), dtype=self.input_dtype()))
+        return int(out.size)
+
+    def input_shape(self) -> tuple[int, ...]:
+        h, w = self.spec.input.size
+        return (1, 3, h, w) if self.spec.input.layout == "nchw" else (1, h, w, 3)
+
+    def input_dtype(self):
+        return np.float32 if self.spec.input.dtype == "float32" else np.uint8
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output.name], {self.input.name: tensor})[0].reshape(-1)
+
+    def warm_up(self, runs: int = 3) -> None:
+        """First runs allocate the arena and pick kernels; do them before the first real frame."""
+        dummy = np.zeros(self.input_shape(), dtype=self.input_dtype())
+        for _ in range(runs):
+            self.run(dummy)
+
+    def describe(self) -> str:
+        info = self.spec.info_dict
+        parts = [self.path, f"spec from {self.spec.origin}", f"{self.num_outputs} outputs",
+                 f"{self.threads} thread(s)"]
+        if info.get("arch"):
+            parts.insert(1, info["arch"])
+        if info.get("weights"):
+            parts.append(f"weights: {info['weights']}")
+        return ", ".join(parts)

@@ -1,0 +1,157 @@
+"""The data path in one place: source → preprocess → engine → postprocess → sinks.
+
+Capture and preprocessing run in a capture thread (capture.py); this loop runs inference,
+postprocessing and publishing, sends the systemd notifications, and watches the capture thread
+for stalls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .capture import POOL_SIZE, CaptureThread, Handoff
+from .engine import Engine
+from .notify import Notifier
+from .postprocess import Postprocessor
+from .preprocess import Preprocessor
+from .sinks import OutputClosed, Sink
+from .sources import Source
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineOptions:
+    top_k: int = 5
+    max_frames: int | None = None
+    stats_interval: float = 5.0
+    stall_timeout: float = 10.0
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+
+
+class Pipeline:
+    def __init__(self, make_source: Callable[[], Source], engine: Engine, sinks: list[Sink],
+                 options: PipelineOptions, stop: threading.Event | None = None,
+                 notifier: Notifier | None = None, stats: Stats | None = None):
+        self.make_source = make_source
+        self.engine = engine
+        self.sinks = sinks
+        self.options = options
+        self.stop = stop or threading.Event()
+        self.notifier = notifier or Notifier({})
+        self.stats = stats or Stats()
+        self.pre = Preprocessor(engine.spec.input)
+        self.post = Postprocessor(engine.spec, options.top_k)
+        probe = make_source()
+        self.live = probe.live
+        self.source_uri = probe.uri
+        self.handoff = Handoff([self.pre.new_buffer() for _ in range(POOL_SIZE)], self.live, self.stats)
+        self._generation = 0
+        self.capture: CaptureThread | None = None
+        self.last_record: dict | None = None
+
+    def _start_capture(self) -> None:
+        self._generation += 1
+        self.capture = CaptureThread(self.make_source, self.pre, self.handoff, self.stats, self.stop,
+                                     reconnect_initial=self.options.reconnect_initial,
+                                     reconnect_max=self.options.reconnect_max, generation=self._generation)
+        self.capture.start()
+
+    def _check_stall(self) -> None:
+        """A live capture blocked inside read() longer than the stall timeout: abandon it, start afresh."""
+        cap = self.capture
+        if cap is None or not self.live or not cap.connected:
+            return
+        silent = time.perf_counter() - cap.last_frame_mono
+        if silent > self.options.stall_timeout:
+            log.warning("source stalled: no frame from %s for %.1f s; reopening", self.source_uri, silent)
+            cap.abandoned.set()
+            cap.connected = False
+            self.stats.add("source_losses")
+            self.stats.add("source_reconnects")
+            self._start_capture()
+
+    def _publish_stats(self, final: bool = False) -> dict:
+        line = self.stats.snapshot(final=final)
+        for sink in self.sinks:
+            sink.stats(line)
+        self.notifier.status(f"{line['fps']['inference']:.1f} fps, {line['frames_processed']} frames, "
+                             f"{line['frames_dropped']} dropped, {line['source_reconnects']} reconnects")
+        return line
+
+    def run(self) -> int:
+        """Run until the source ends, max_frames, a stop signal or a closed output. Returns frames processed."""
+        opts = self.options
+        self._start_capture()
+        next_stats = time.perf_counter() + opts.stats_interval
+        ready = False
+        processed = 0
+        try:
+            while not self.stop.is_set():
+                item = self.handoff.get(timeout=0.25)
+                now = time.perf_counter()
+                if item is None:
+                    if self.handoff.drained():
+                        if self.handoff.error is not None:
+                            raise self.handoff.error
+                        break
+                    self._check_stall()
+                else:
+                    frame, tensor, pre_ms = item
+                    t0 = time.perf_counter()
+                    output = self.engine.run(tensor)
+                    t1 = time.perf_counter()
+                    self.handoff.give_back(tensor)
+                    top = self.post.top(output)
+                    inf_ms = (t1 - t0) * 1000.0
+                    total_ms = (time.perf_counter() - frame.mono) * 1000.0
+                    record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6),
+                              "source": self.source_uri, "top": top,
+                              "latency_ms": {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3),
+                                             "total": round(total_ms, 3)}}
+                    if frame.path is not None:
+                        record["path"] = frame.path
+                    self.stats.processed(pre_ms, inf_ms, total_ms)
+                    self.last_record = record
+                    for sink in self.sinks:
+                        sink.prediction(record, frame)
+                    processed += 1
+                    if not ready:
+                        ready = True
+                        self.notifier.ready(f"running on {self.source_uri}")
+                    if opts.max_frames is not None and processed >= opts.max_frames:
+                        break
+                self.notifier.watchdog()
+                if now >= next_stats:
+                    next_stats = now + opts.stats_interval
+                    self._publish_stats()
+        except OutputClosed:
+            log.info("output closed by its reader; stopping")
+            self.stop.set()
+            raise
+        finally:
+            self.stop.set()
+            self.notifier.stopping()
+        return processed
+
+    def finish(self) -> dict | None:
+        """Final stats line to every sink (after run), then close them."""
+        line = None
+        try:
+            line = self._publish_stats(final=True)
+        except OutputClosed:
+            pass
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # one sink failing to close must not hide the others
+                log.warning("closing %s: %s", sink.name, exc)
+        if self.capture is not None:
+            self.capture.join(timeout=1.0)
+        return line

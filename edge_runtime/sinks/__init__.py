@@ -1,0 +1,5 @@
+from .base import OutputClosed, Sink
+from .log import LogSink
+from .stdout import StdoutSink
+
+__all__ = ["OutputClosed", "Sink", "LogSink", "StdoutSink"]

@@ -1,0 +1,26 @@
+"""The human log (stderr → journald): stats always, predictions only when asked."""
+
+from __future__ import annotations
+
+import logging
+
+from ..stats import summary
+from .base import Sink
+
+log = logging.getLogger("edge_runtime")
+
+
+class LogSink(Sink):
+    name = "log"
+
+    def __init__(self, predictions: bool = False):
+        self.predictions = predictions
+
+    def prediction(self, record, frame):
+        if self.predictions:
+            top = record["top"][0] if record["top"] else {"label": "-", "score": 0.0}
+            where = f" {record['path']}" if "path" in record else ""
+            log.info("frame %d%s: %s (%.3f)", record["frame"], where, top["label"], top["score"])
+
+    def stats(self, line):
+        log.info("%s%s", "final: " if line.get("final") else "", summary(line))

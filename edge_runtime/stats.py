@@ -1,0 +1,112 @@
+"""Counters, FPS and latency percentiles. Bounded memory: a fixed window of recent latencies."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from . import system
+
+WINDOW = 2048   # latency samples kept for percentiles (about a minute at 30 fps)
+
+
+def _percentiles(samples) -> dict[str, float | None]:
+    if not samples:
+        return {"p50": None, "p95": None}
+    p50, p95 = np.percentile(np.fromiter(samples, dtype=np.float64), [50, 95])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
+
+
+class Stats:
+    """Shared by the capture thread (captured, dropped, reconnects) and the main loop (processed)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.frames_captured = 0
+        self.frames_processed = 0
+        self.frames_dropped = 0
+        self.frames_skipped = 0      # unreadable/unusable frames, warned about
+        self.source_reconnects = 0
+        self.source_losses = 0
+        self.first_frame_mono: float | None = None
+        self.first_frame_ts: float | None = None
+        self.inference_ms: deque[float] = deque(maxlen=WINDOW)
+        self.total_ms: deque[float] = deque(maxlen=WINDOW)
+        self.preprocess_ms: deque[float] = deque(maxlen=WINDOW)
+        # For FPS over the last interval.
+        self._last_mono = time.perf_counter()
+        self._last_captured = 0
+        self._last_processed = 0
+        self.extra: dict = {}        # other modules' counters (mqtt drops, ...) merged into the line
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def captured(self) -> None:
+        with self._lock:
+            self.frames_captured += 1
+            if self.first_frame_mono is None:
+                self.first_frame_mono = time.perf_counter()
+                self.first_frame_ts = time.time()
+
+    def processed(self, preprocess_ms: float, inference_ms: float, total_ms: float) -> None:
+        with self._lock:
+            self.frames_processed += 1
+            self.preprocess_ms.append(preprocess_ms)
+            self.inference_ms.append(inference_ms)
+            self.total_ms.append(total_ms)
+
+    def snapshot(self, final: bool = False) -> dict:
+        """The stats JSON line. FPS is over the time since the previous snapshot (the whole run if final)."""
+        now = time.perf_counter()
+        with self._lock:
+            if final and self.first_frame_mono is not None:
+                span = max(now - self.first_frame_mono, 1e-9)
+                cap_fps = self.frames_captured / span
+                inf_fps = self.frames_processed / span
+            else:
+                span = max(now - self._last_mono, 1e-9)
+                cap_fps = (self.frames_captured - self._last_captured) / span
+                inf_fps = (self.frames_processed - self._last_processed) / span
+            self._last_mono, self._last_captured, self._last_processed = \
+                now, self.frames_captured, self.frames_processed
+            line = {
+                "type": "stats",
+                "ts": round(time.time(), 3),
+                "elapsed_s": round(now - self.first_frame_mono, 3) if self.first_frame_mono else 0.0,
+                "frames_captured": self.frames_captured,
+                "frames_processed": self.frames_processed,
+                "frames_dropped": self.frames_dropped,
+                "frames_skipped": self.frames_skipped,
+                "source_reconnects": self.source_reconnects,
+                "fps": {"capture": round(cap_fps, 2), "inference": round(inf_fps, 2)},
+                "latency_ms": {"preprocess": _percentiles(self.preprocess_ms),
+                               "inference": _percentiles(self.inference_ms),
+                               "total": _percentiles(self.total_ms)},
+            }
+            line.update(self.extra)
+        line["cpu_temp_c"] = system.cpu_temp_c()
+        line["throttled"] = system.throttled()
+        line["rss_mb"] = system.rss_mb()
+        if final:
+            line["final"] = True
+        return line
+
+
+def summary(line: dict) -> str:
+    """One human line for the log/journal."""
+    lat = line["latency_ms"]["inference"]
+    temp = line.get("cpu_temp_c")
+    throttled = line.get("throttled") or {}
+    now_flags = [k for k in ("under_voltage", "throttled", "arm_freq_capped", "soft_temp_limit") if throttled.get(k)]
+    return (f"fps {line['fps']['inference']:.1f} (capture {line['fps']['capture']:.1f}), "
+            f"inference p50 {lat['p50']} ms p95 {lat['p95']} ms, processed {line['frames_processed']}, "
+            f"dropped {line['frames_dropped']}, skipped {line['frames_skipped']}, "
+            f"reconnects {line['source_reconnects']}, "
+            f"temp {f'{temp:.1f} C' if temp is not None else 'n/a'}"
+            + (f", THROTTLING: {' '.join(now_flags)}" if now_flags else "")
+            + f", rss {line['rss_mb']} MB")

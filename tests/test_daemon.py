@@ -1,0 +1,170 @@
+"""The real daemon as a subprocess, on every source that can exist here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, daemon_env, run_daemon, start_daemon
+
+PREDICTION_KEYS = {"type", "frame", "ts", "source", "top", "latency_ms"}
+STATS_KEYS = {"type", "ts", "elapsed_s", "frames_captured", "frames_processed", "frames_dropped",
+              "source_reconnects", "fps", "latency_ms", "cpu_temp_c", "throttled", "rss_mb"}
+
+
+def test_synthetic_predictions_and_stats(tiny_model):
+    result = run_daemon("--source", "synthetic://640x480", "--model", tiny_model, "--max-frames", "50",
+                        "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    preds = result.predictions
+    assert len(preds) == 50
+    assert [p["frame"] for p in preds] == list(range(50))       # unthrottled: frame by frame, none dropped
+    for p in preds:
+        assert PREDICTION_KEYS <= set(p) and len(p["top"]) == 3
+        scores = [t["score"] for t in p["top"]]
+        assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+        assert p["top"][0]["label"] == f"class {p['top'][0]['index']}"
+        assert p["latency_ms"]["total"] >= p["latency_ms"]["inference"] > 0
+        assert abs(p["ts"] - time.time()) < 120
+    final = result.stats[-1]
+    assert STATS_KEYS <= set(final) and final.get("final") is True
+    assert final["frames_processed"] == 50 and final["frames_dropped"] == 0
+    assert final["fps"]["inference"] > 0 and final["latency_ms"]["inference"]["p95"] > 0
+    assert final["rss_mb"] > 10
+    assert "UNTRAINED" in result.stderr            # loud warning for random weights
+    assert '{"type"' not in result.stderr            # JSON never mixed into the log
+
+
+def test_video_file_frame_by_frame_and_colours(channel_model, video_file):
+    result = run_daemon("--source", video_file, "--model", channel_model)
+    assert result.returncode == 0, result.stderr
+    labels = [p["top"][0]["label"] for p in result.predictions]
+    assert [p["frame"] for p in result.predictions] == list(range(30))
+    assert labels == ["red"] * 10 + ["green"] * 10 + ["blue"] * 10
+    uri = run_daemon("--source", f"file://{video_file}", "--model", channel_model, "--max-frames", "5")
+    assert uri.returncode == 0 and len(uri.predictions) == 5
+
+
+def test_video_file_loop_and_realtime(channel_model, video_file):
+    looped = run_daemon("--source", video_file, "--model", channel_model, "--loop", "--max-frames", "75")
+    assert looped.returncode == 0 and len(looped.predictions) == 75
+    assert looped.predictions[30]["top"][0]["label"] == "red"          # back to the start
+    t0 = time.monotonic()
+    paced = run_daemon("--source", video_file, "--model", channel_model, "--realtime", "--quiet-predictions")
+    elapsed = time.monotonic() - t0
+    assert paced.returncode == 0 and paced.predictions == []
+    assert paced.stats[-1]["frames_processed"] == 30
+    assert elapsed > 0.9          # 30 frames at 30 fps cannot finish sooner when paced
+
+
+def test_image_folder_with_broken_files(channel_model, tmp_path):
+    colours = {"a_red.png": (0, 0, 255), "c_green.jpg": (0, 255, 0), "e_blue.png": (255, 0, 0)}
+    for name, bgr in colours.items():
+        cv2.imwrite(str(tmp_path / name), np.full((60, 80, 3), bgr, np.uint8))
+    (tmp_path / "b_empty.png").write_bytes(b"")
+    (tmp_path / "d_garbage.jpg").write_bytes(os.urandom(500))
+    cv2.imwrite(str(tmp_path / "f_grey.png"), np.full((60, 80), 200, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = run_daemon("--source", tmp_path, "--model", channel_model)
+    assert result.returncode == 0, result.stderr
+    got = {os.path.basename(p["path"]): p["top"][0]["label"] for p in result.predictions}
+    assert got == {"a_red.png": "red", "c_green.jpg": "green", "e_blue.png": "blue", "f_grey.png": got["f_grey.png"]}
+    assert result.stats[-1]["frames_skipped"] == 2
+    assert "b_empty.png" in result.stderr and "d_garbage.jpg" in result.stderr
+
+
+def test_corrupt_video_is_refused_clearly(channel_model, tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(20000))
+    result = run_daemon("--source", garbage, "--model", channel_model)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "garbage.mp4" in result.stderr
+
+
+def test_truncated_video_plays_what_it_has(channel_model, video_file, tmp_path):
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video_file.read_bytes()[: video_file.stat().st_size // 2])
+    result = run_daemon("--source", cut, "--model", channel_model)
+    assert result.returncode == 0, result.stderr
+    assert 5 <= len(result.predictions) < 30
+
+
+def test_live_synthetic_source_drops_stale_frames(tiny_model):
+    # 300 fps offered to 1 slow inference thread: the newest frame wins, the rest are counted as dropped.
+    result = run_daemon("--source", "synthetic://1280x720?fps=300", "--model", tiny_model, "--threads", "1",
+                        "--max-frames", "40")
+    assert result.returncode == 0, result.stderr
+    final = result.stats[-1]
+    frames = [p["frame"] for p in result.predictions]
+    assert frames == sorted(frames) and len(frames) == 40
+    assert final["frames_captured"] >= final["frames_processed"] + final["frames_dropped"] - 3
+    if final["frames_captured"] > 45:
+        assert final["frames_dropped"] > 0 and frames[-1] > 40
+
+
+def test_sigterm_stops_within_2s_with_final_stats(tiny_model):
+    proc = start_daemon("--source", "synthetic://640x480?fps=30", "--model", tiny_model, "--stats-interval", "60")
+    line = proc.stdout.readline()                       # wait until it is running
+    assert '"prediction"' in line
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 2.0
+    assert proc.returncode == 0, err
+    last = out.strip().splitlines()[-1]
+    assert '"type":"stats"' in last and '"final":true' in last
+
+
+def test_closed_stdout_pipe_ends_quietly(tiny_model):
+    proc = start_daemon("--source", "synthetic://320x240", "--model", tiny_model)
+    proc.stdout.readline()
+    proc.stdout.close()
+    proc.wait(timeout=10)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_camera_without_a_camera_fails_fast_with_exit_2(tiny_model):
+    t0 = time.monotonic()
+    result = run_daemon("--camera", "7", "--model", tiny_model, timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert result.returncode == 2
+    assert "/dev/video7 does not exist" in result.stderr and "picamera2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stream_that_never_answers_is_retried_then_stopped(tiny_model):
+    # Nothing listens on this port: the daemon keeps retrying (a live source), logs the loss once,
+    # and a SIGTERM during the reconnect wait still stops it promptly.
+    proc = start_daemon("--source", "http://127.0.0.1:9/stream.mjpg", "--model", tiny_model)
+    time.sleep(3)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert err.count("source lost") == 1
+    assert '"final":true' in out
+
+
+def test_missing_default_model_says_how_to_make_one(tmp_path):
+    shutil.copytree(REPO / "edge_runtime", tmp_path / "edge_runtime")
+    result = run_daemon("--source", "synthetic://64x64", cwd=tmp_path, env=daemon_env(PYTHONPATH=str(tmp_path)))
+    assert result.returncode == 2
+    assert "models/export.py" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("synthetic://banana", "WIDTHxHEIGHT"),
+    ("/no/such/clip.mp4", "no such file"),
+    ("ftp://host/x", "unknown scheme"),
+    ("/dev/video42", "/dev/video42 does not exist"),
+])
+def test_bad_source_strings(uri, message, tiny_model):
+    result = run_daemon("--source", uri, "--model", tiny_model)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
