@@ -1,0 +1,299 @@
+"""`python -m edge_runtime bench`: how close the daemon gets to the bare model, measured in one run.
+
+Everything is a ratio of numbers taken on the same machine, model and thread count within one run:
+bare `session.run` on a prepared tensor is the limit; the real daemon (a subprocess, predictions on
+stdout to a file) is measured against it on synthetic://WxH and on a video file; each stage is
+timed alone; a live 30 fps source gives the capture-to-publish latency. Results: a JSON file and a
+PNG chart drawn with OpenCV (no plotting dependency on the device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .config import DEFAULT_MODEL
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        info = {k.strip().lower(): v.strip() for k, v in info.items()}
+        # x86: "model name"; Raspberry Pi: "Model" (the board); other ARM: "Hardware" or the CPU part number.
+        cpu = info.get("model name") or info.get("model") or info.get("hardware") or \
+            (f"ARM implementer {info['cpu implementer']} part {info['cpu part']}" if "cpu part" in info else cpu)
+    except OSError:
+        pass
+    import onnxruntime as ort
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
+            "edge_runtime": __version__}
+
+
+def _stat(samples_ms: list[float]) -> dict:
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    return {"median_ms": round(float(np.median(arr)), 4), "p95_ms": round(float(np.percentile(arr, 95)), 4),
+            "n": int(arr.size)}
+
+
+def _time_calls(fn, seconds: float, min_calls: int = 20) -> list[float]:
+    samples = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(samples) < min_calls:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    return samples
+
+
+def bare_session(model: str, threads: int, seconds: float) -> dict:
+    """The limit: session.run on a ready tensor, nothing else."""
+    from .engine import Engine
+    engine = Engine(model, threads)
+    engine.warm_up(10)
+    tensor = np.random.default_rng(0).integers(0, 255, engine.input_shape()).astype(engine.input_dtype())
+    feed = {engine.input_name: tensor}
+    run = engine.session.run
+    names = engine.output_names
+    t0 = time.perf_counter()
+    samples = _time_calls(lambda: run(names, feed), seconds)
+    wall = time.perf_counter() - t0
+    return {"threads": engine.threads, "fps": round(len(samples) / wall, 2), **_stat(samples)}
+
+
+def stages(model: str, threads: int, width: int, height: int, video: Path, seconds: float) -> dict:
+    """Each stage alone, on the same frames the pipeline sees."""
+    from .engine import Engine
+    from .postprocess import Postprocessor
+    from .preprocess import Preprocessor
+    from .sinks.stdout import dumps
+    from .sources import SourceOptions, open_source
+
+    engine = Engine(model, threads)
+    engine.warm_up(10)
+    synthetic = open_source(f"synthetic://{width}x{height}", SourceOptions())
+    synthetic.open()
+    video_src = open_source(str(video), SourceOptions(loop=True))
+    video_src.open()
+    pre = Preprocessor(engine.spec.input)
+    post = Postprocessor(engine.spec, 5)
+    frame = synthetic.read().image
+    tensor = pre(frame)
+    output = engine.run(tensor)
+    top = post.top(output)
+    record = {"type": "prediction", "frame": 123456, "ts": time.time(), "source": "synthetic://640x480",
+              "top": top, "latency_ms": {"preprocess": 0.2, "inference": 1.8, "total": 2.5}}
+    devnull = open(os.devnull, "w")
+    part = seconds / 6
+
+    def publish():
+        devnull.write(dumps(record) + "\n")
+        devnull.flush()
+
+    result = {
+        "capture_synthetic": _stat(_time_calls(synthetic.read, part)),
+        "capture_video": _stat(_time_calls(video_src.read, part)),
+        "preprocess": _stat(_time_calls(lambda: pre(frame, tensor), part)),
+        "inference": _stat(_time_calls(lambda: engine.run(tensor), part * 2)),
+        "postprocess": _stat(_time_calls(lambda: post.top(output), part)),
+        "publish": _stat(_time_calls(publish, part)),
+    }
+    video_src.close()
+    devnull.close()
+    return result
+
+
+def make_video(path: Path, width: int, height: int, frames: int = 300) -> Path:
+    """A 640x480 MJPEG clip with motion, written with OpenCV (what a user's recording would be)."""
+    from .sources.synthetic import SyntheticSource
+    src = SyntheticSource("synthetic://", width, height, None)
+    src.open()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (width, height))
+    for _ in range(frames):
+        writer.write(np.ascontiguousarray(src.read().image))
+    writer.release()
+    return path
+
+
+def daemon_run(model: str, threads: int, source: str, *extra: str, max_frames: int | None = None,
+               out_dir: Path) -> dict:
+    """The real daemon in a subprocess, predictions on stdout into a file; returns its own final stats
+    plus what the OS measured (CPU time, peak RSS) and time to first prediction."""
+    out = out_dir / f"daemon-{time.monotonic_ns()}.jsonl"
+    cmd = [sys.executable, "-m", "edge_runtime", "--source", source, "--model", model, "--threads", str(threads),
+           "--stats-interval", "3600", "--log-level", "warning", *extra]
+    if max_frames:
+        cmd += ["--max-frames", str(max_frames)]
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    with open(out, "w") as stdout:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env)
+        first = None
+        while proc.poll() is None and first is None:
+            if out.stat().st_size > 0:
+                first = time.perf_counter() - t0
+                break
+            time.sleep(0.002)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    out.unlink()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"daemon failed ({proc.returncode}): {err.strip()[-800:]}")
+    final = lines[-1]
+    preds = [x for x in lines if x["type"] == "prediction"]
+    totals = [p["latency_ms"]["total"] for p in preds]
+    return {
+        "source": source, "fps": final["fps"]["inference"], "frames": final["frames_processed"],
+        "dropped": final["frames_dropped"], "rss_mb_final": final["rss_mb"],
+        "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+        "cpu_cores_used": round((usage.ru_utime + usage.ru_stime) / wall, 2),
+        "first_prediction_s": round(first, 3) if first is not None else None,
+        "latency_ms": final["latency_ms"],
+        "total_latency_ms": _stat(totals) if totals else None,
+        "prediction_lines": len(preds),
+    }
+
+
+def chart(result: dict, path: Path) -> None:
+    """Per-stage bars and the thread sweep, drawn with OpenCV."""
+    w, h = 1100, 520
+    img = np.full((h, w, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    title = f"edge_runtime bench - {result['machine']['cpu'][:60]} - {Path(result['model']).name}"
+    cv2.putText(img, title, (20, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+
+    # Left: per-stage median (bar) and p95 (tick), ms.
+    names = list(result["stages"])
+    vals = [result["stages"][n]["median_ms"] for n in names]
+    p95s = [result["stages"][n]["p95_ms"] for n in names]
+    top = max(p95s + [1e-3])
+    x0, y0, bw, bh = 40, 480, 60, 380
+    cv2.putText(img, "per-stage time, ms (bar: median, line: p95)", (x0, 70), font, 0.5, (60, 60, 60), 1, cv2.LINE_AA)
+    for i, (name, v, p) in enumerate(zip(names, vals, p95s, strict=True)):
+        x = x0 + i * (bw + 20)
+        bar = int(bh * v / top)
+        cv2.rectangle(img, (x, y0 - bar), (x + bw, y0), (200, 130, 40), -1)
+        yp = y0 - int(bh * p / top)
+        cv2.line(img, (x, yp), (x + bw, yp), (30, 30, 200), 2)
+        cv2.putText(img, f"{v:.3f}", (x, y0 - bar - 6), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, name.replace("capture_", "cap_")[:11], (x - 4, y0 + 18), font, 0.38, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+
+    # Right: thread sweep, FPS of bare session.run vs the daemon.
+    sweep = result.get("thread_sweep", [])
+    x1 = 600
+    cv2.putText(img, "threads: fps bare session.run (blue) vs daemon (orange)", (x1, 70), font, 0.5,
+                (60, 60, 60), 1, cv2.LINE_AA)
+    if sweep:
+        peak = max(max(s["bare_fps"], s["pipeline_fps"]) for s in sweep)
+        for i, s in enumerate(sweep):
+            x = x1 + 20 + i * 130
+            for j, (key, colour) in enumerate((("bare_fps", (200, 130, 40)), ("pipeline_fps", (40, 140, 250)))):
+                bar = int(bh * s[key] / peak)
+                cv2.rectangle(img, (x + j * 50, y0 - bar), (x + j * 50 + 45, y0), colour, -1)
+                cv2.putText(img, f"{s[key]:.0f}", (x + j * 50, y0 - bar - 6), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(img, f"{s['threads']} thr ({s['ratio']:.2f}x)", (x, y0 + 18), font, 0.42, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edge_runtime bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--int8", metavar="MODEL", help="an INT8 model to compare against --model")
+    ap.add_argument("--threads", type=int, default=0, help="threads for the main comparison (0 = all cores)")
+    ap.add_argument("--size", default="640x480", help="synthetic/video frame size")
+    ap.add_argument("--seconds", type=float, default=4.0, help="time per bare/stage measurement")
+    ap.add_argument("--frames", type=int, default=1500, help="frames per daemon run")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the thread sweep")
+    ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
+    args = ap.parse_args(argv)
+
+    if not Path(args.model).exists():
+        print(f"model {args.model} not found; make one: python models/export.py --arch small --weights random "
+              f"--output {args.model}", file=sys.stderr)
+        return 2
+    width, height = (int(v) for v in args.size.split("x"))
+    threads = args.threads or os.cpu_count() or 1
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": machine(), "model": args.model, "threads": threads, "frame_size": args.size,
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print(f"machine: {result['machine']}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        video = make_video(tmp_dir / "bench.avi", width, height)
+
+        result["bare"] = bare_session(args.model, threads, args.seconds)
+        print(f"bare session.run: {result['bare']['fps']:.1f} fps, median {result['bare']['median_ms']:.3f} ms")
+        result["stages"] = stages(args.model, threads, width, height, video, args.seconds)
+        for name, s in result["stages"].items():
+            print(f"  stage {name:18s} median {s['median_ms']:.4f} ms  p95 {s['p95_ms']:.4f} ms")
+        result["preprocess_vs_inference"] = round(result["stages"]["preprocess"]["median_ms"]
+                                                  / result["stages"]["inference"]["median_ms"], 3)
+
+        runs = {}
+        for name, source in (("synthetic", f"synthetic://{width}x{height}"), ("video", str(video))):
+            extra = ("--loop",) if name == "video" else ()
+            runs[name] = daemon_run(args.model, threads, source, *extra, max_frames=args.frames, out_dir=tmp_dir)
+            runs[name]["ratio_vs_bare"] = round(runs[name]["fps"] / result["bare"]["fps"], 3)
+            print(f"daemon on {name}: {runs[name]['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x bare; "
+                  f"cpu {runs[name]['cpu_cores_used']} cores, peak rss {runs[name]['peak_rss_mb']} MB, "
+                  f"first prediction {runs[name]['first_prediction_s']} s")
+        live = daemon_run(args.model, threads, f"synthetic://{width}x{height}?fps=30", max_frames=150,
+                          out_dir=tmp_dir)
+        budget = result["stages"]["inference"]["median_ms"] + 1000.0 / 30
+        live["latency_budget_ms"] = round(budget, 3)
+        live["p95_within_budget"] = live["total_latency_ms"]["p95_ms"] <= budget
+        runs["live_30fps"] = live
+        print(f"live 30 fps: capture-to-publish p95 {live['total_latency_ms']['p95_ms']:.2f} ms "
+              f"(budget: one inference + one frame interval = {budget:.2f} ms)")
+        result["daemon"] = runs
+
+        if args.int8:
+            int8_bare = bare_session(args.int8, threads, args.seconds)
+            int8_run = daemon_run(args.int8, threads, f"synthetic://{width}x{height}", max_frames=args.frames,
+                                  out_dir=tmp_dir)
+            result["int8"] = {"model": args.int8, "bare": int8_bare, "daemon": int8_run,
+                              "speedup_bare": round(int8_bare["fps"] / result["bare"]["fps"], 3),
+                              "size_mb": round(Path(args.int8).stat().st_size / 1e6, 2),
+                              "fp32_size_mb": round(Path(args.model).stat().st_size / 1e6, 2)}
+            print(f"INT8: bare {int8_bare['fps']:.1f} fps ({result['int8']['speedup_bare']:.2f}x FP32), "
+                  f"daemon {int8_run['fps']:.1f} fps")
+
+        sweep = []
+        if not args.no_sweep:
+            for n in range(1, (os.cpu_count() or 1) + 1):
+                bare = bare_session(args.model, n, args.seconds / 2)
+                run = daemon_run(args.model, n, f"synthetic://{width}x{height}", max_frames=args.frames // 2,
+                                 out_dir=tmp_dir)
+                sweep.append({"threads": n, "bare_fps": bare["fps"], "pipeline_fps": run["fps"],
+                              "ratio": round(run["fps"] / bare["fps"], 3)})
+                print(f"threads {n}: bare {bare['fps']:.1f} fps, daemon {run['fps']:.1f} fps "
+                      f"({sweep[-1]['ratio']:.3f}x)")
+        result["thread_sweep"] = sweep
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    json_path = out_dir / f"bench-{stamp}.json"
+    png_path = out_dir / f"bench-{stamp}.png"
+    json_path.write_text(json.dumps(result, indent=1))
+    chart(result, png_path)
+    print(f"wrote {json_path} and {png_path}")
+    return 0
