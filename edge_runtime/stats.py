@@ -97,6 +97,10 @@ class Stats:
         return line
 
 
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
 def summary(line: dict) -> str:
     """One human line for the log/journal."""
     lat = line["latency_ms"]["inference"]
@@ -104,7 +108,7 @@ def summary(line: dict) -> str:
     throttled = line.get("throttled") or {}
     now_flags = [k for k in ("under_voltage", "throttled", "arm_freq_capped", "soft_temp_limit") if throttled.get(k)]
     return (f"fps {line['fps']['inference']:.1f} (capture {line['fps']['capture']:.1f}), "
-            f"inference p50 {lat['p50']} ms p95 {lat['p95']} ms, processed {line['frames_processed']}, "
+            f"inference p50 {_ms(lat['p50'])} p95 {_ms(lat['p95'])}, processed {line['frames_processed']}, "
             f"dropped {line['frames_dropped']}, skipped {line['frames_skipped']}, "
             f"reconnects {line['source_reconnects']}, "
             f"temp {f'{temp:.1f} C' if temp is not None else 'n/a'}"
