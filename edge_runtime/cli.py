@@ -80,27 +80,33 @@ def warn_untrained(engine) -> None:
             log.warning(line)
 
 
-def run_daemon(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .notify import Notifier
-    from .pipeline import Pipeline, PipelineOptions
-    from .sinks import LogSink, OutputClosed, StdoutSink
-    from .sources import SourceOptions, camera_uri, open_source
+STOP = threading.Event()   # set by SIGTERM/SIGINT, from the first moment main() runs
 
-    started = time.perf_counter()
-    stop = threading.Event()
+
+def install_signal_handlers() -> None:
+    """Early, before the slow imports and the model load: a SIGTERM during startup still ends cleanly."""
 
     def on_signal(signum, _frame):
-        if stop.is_set():
-            return
-        log.info("%s received; stopping", signal.Signals(signum).name)
-        stop.set()
+        if not STOP.is_set():
+            log.info("%s received; stopping", signal.Signals(signum).name)
+            STOP.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, lambda *_: log.warning(
         "SIGHUP: this version does not reload its config; restart the service to apply changes"))
 
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .notify import Notifier
+    from .pipeline import Pipeline, PipelineOptions
+    from .sinks import LogSink, StdoutSink
+    from .stats import Stats
+    from .sources import SourceOptions, camera_uri, open_source
+
+    started = time.perf_counter()
+    stop = STOP
     flag_names = {key: flag for key, flag in FLAG_KEYS.values()}
     cfg = config_mod.load(args.config, overrides_from(args), flag_names)
     setup_logging(cfg.log.level)
@@ -123,7 +129,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
                                    height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
                                    model_size=tuple(spec.size), model_resize=spec.resize)
-    open_source(uri, source_options)      # refuse a bad source string before anything starts
+    probe = open_source(uri, source_options)      # refuse a bad source string before anything starts
 
     if args.validate_config:
         print(f"config OK: source {uri}; model {engine.describe()}")
@@ -133,24 +139,26 @@ def run_daemon(args: argparse.Namespace) -> int:
     warn_untrained(engine)
     engine.warm_up()
 
-    sinks = [StdoutSink(predictions=not cfg.quiet_predictions), LogSink(predictions=cfg.log.predictions)]
+    stats = Stats()
+    stdout_sink = StdoutSink(predictions=not cfg.quiet_predictions, live=probe.live, stats=stats, stop=stop)
+    sinks = [stdout_sink, LogSink(predictions=cfg.log.predictions)]
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
                               stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay)
     pipeline = Pipeline(lambda: open_source(uri, source_options), engine, sinks, options, stop=stop,
-                        notifier=Notifier())
+                        notifier=Notifier(), stats=stats)
     log.info("source: %s (%s); ready in %.2f s", uri, "live" if pipeline.live else "frame by frame",
              time.perf_counter() - started)
-    try:
-        pipeline.run()
-    except OutputClosed:
+    pipeline.run()
+    pipeline.finish()
+    if pipeline.output_closed:
         _silence_stdout()
-        pipeline.finish()
-        return EXIT_OK
-    line = pipeline.finish()
-    if line is None:
-        _silence_stdout()
+    elif stdout_sink.stuck:
+        # The reader stopped reading: a blocked write would hang the interpreter's exit flush.
+        log.warning("stdout reader is not reading; exiting without waiting for it")
+        logging.shutdown()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    install_signal_handlers()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info")
     try:

@@ -55,6 +55,7 @@ class Pipeline:
         self._generation = 0
         self.capture: CaptureThread | None = None
         self.last_record: dict | None = None
+        self.output_closed = False
 
     def _start_capture(self) -> None:
         self._generation += 1
@@ -133,11 +134,13 @@ class Pipeline:
                     self._publish_stats()
         except OutputClosed:
             log.info("output closed by its reader; stopping")
-            self.stop.set()
-            raise
+            self.output_closed = True
         finally:
             self.stop.set()
             self.notifier.stopping()
+            if self.capture is not None:
+                # Let it close the source: native capture code still running at interpreter exit aborts.
+                self.capture.join(timeout=1.5)
         return processed
 
     def finish(self) -> dict | None:
@@ -146,12 +149,12 @@ class Pipeline:
         try:
             line = self._publish_stats(final=True)
         except OutputClosed:
-            pass
+            self.output_closed = True
         for sink in self.sinks:
             try:
                 sink.close()
+            except OutputClosed:
+                self.output_closed = True
             except Exception as exc:  # one sink failing to close must not hide the others
                 log.warning("closing %s: %s", sink.name, exc)
-        if self.capture is not None:
-            self.capture.join(timeout=1.0)
         return line

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import threading
 import time
 
 import cv2
@@ -168,3 +170,31 @@ def test_missing_default_model_says_how_to_make_one(tmp_path):
 def test_bad_source_strings(uri, message, tiny_model):
     result = run_daemon("--source", uri, "--model", tiny_model)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stdout_reader_that_stops_reading_does_not_stall_inference(tiny_model):
+    """Nobody reads stdout (the pipe fills up): inference goes on, RSS stays bounded, SIGTERM still works."""
+    proc = start_daemon("--source", "synthetic://320x240?fps=200", "--model", tiny_model, "--threads", "1",
+                        "--stats-interval", "1")
+    err_lines: list[str] = []
+    threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True).start()
+    time.sleep(6)                          # 64 KiB of pipe is full after well under a second
+    processed = [int(m.group(1)) for line in err_lines for m in [re.search(r"processed (\d+)", line)] if m]
+    rss = [float(m.group(1)) for line in err_lines for m in [re.search(r"rss ([\d.]+) MB", line)] if m]
+    assert len(processed) >= 4 and processed[-1] > processed[1] + 200, err_lines
+    assert max(rss) - rss[1] < 20
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    assert time.monotonic() - t0 < 5 and proc.returncode == 0
+
+
+def test_sigterm_during_startup(tiny_model):
+    proc = start_daemon("--source", "synthetic://640x480", "--model", tiny_model)
+    time.sleep(0.3)                        # still importing or loading the model
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 2.0
+    assert proc.returncode == 0, err
+    assert out.strip().splitlines()[-1].startswith('{"type":"stats"') and "Traceback" not in err

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -91,7 +90,7 @@ class Daemon:
                 return time.monotonic()
             assert self.proc.poll() is None, "daemon exited:\n" + "\n".join(e for _, e in self.err)
             time.sleep(0.05)
-        raise AssertionError(f"timed out; log:\n" + "\n".join(e for _, e in self.err[-30:]))
+        raise AssertionError("timed out; log:\n" + "\n".join(e for _, e in self.err[-30:]))
 
     def log_count(self, text: str) -> int:
         return sum(text in line for _, line in list(self.err))

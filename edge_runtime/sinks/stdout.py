@@ -1,12 +1,25 @@
-"""JSON lines on stdout, one object per line, flushed per line."""
+"""JSON lines on stdout, one object per line, flushed per line.
+
+Writing happens in a writer thread behind a bounded queue, so a reader that stops reading (a stuck
+pipe, a slow journald) cannot stall inference. For live sources the oldest unwritten line is
+dropped and counted (`stdout_dropped` in the stats); for files and folders the queue applies
+backpressure instead, so no prediction is ever lost there.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import threading
+from collections import deque
 from typing import IO
 
 from .base import OutputClosed, Sink
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 256
 
 
 def dumps(obj: dict) -> str:
@@ -16,20 +29,81 @@ def dumps(obj: dict) -> str:
 class StdoutSink(Sink):
     name = "stdout"
 
-    def __init__(self, predictions: bool = True, stream: IO[str] | None = None):
+    def __init__(self, predictions: bool = True, stream: IO[str] | None = None, *, live: bool = False,
+                 stats=None, stop: threading.Event | None = None, max_pending: int = MAX_PENDING):
         self.predictions = predictions
         self.stream = stream or sys.stdout
+        self.live = live
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._stats = stats
+        self._stop = stop
+        self._pending: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._broken = False
+        self._thread = threading.Thread(target=self._writer, name="stdout-writer", daemon=True)
+        self._thread.start()
 
-    def _write(self, obj: dict) -> None:
-        try:
-            self.stream.write(dumps(obj) + "\n")
-            self.stream.flush()
-        except BrokenPipeError:
-            raise OutputClosed() from None
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch = "".join(self._pending)
+                self._pending.clear()
+                self._cond.notify_all()
+            try:
+                self.stream.write(batch)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                with self._cond:
+                    self._broken = True
+                    self._pending.clear()
+                    self._cond.notify_all()
+                return
+
+    def _put(self, obj: dict) -> None:
+        line = dumps(obj) + "\n"
+        with self._cond:
+            if self._broken:
+                raise OutputClosed()
+            if len(self._pending) >= self.max_pending:
+                if self.live or (self._stop is not None and self._stop.is_set()):
+                    self._pending.popleft()
+                    self.dropped += 1
+                    if self._stats is not None:
+                        self._stats.extra["stdout_dropped"] = self.dropped
+                else:
+                    while len(self._pending) >= self.max_pending and not self._broken:
+                        if self._stop is not None and self._stop.is_set():
+                            self._pending.popleft()     # stopping: do not wait on a reader forever
+                            break
+                        self._cond.wait(0.1)
+                    if self._broken:
+                        raise OutputClosed()
+            self._pending.append(line)
+            self._cond.notify_all()
 
     def prediction(self, record, frame):
         if self.predictions:
-            self._write(record)
+            self._put(record)
 
     def stats(self, line):
-        self._write(line)
+        self._put(line)
+
+    def close(self) -> None:
+        """Write what is pending (give up after a few seconds if nobody reads), then stop the writer."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout=3.0)
+        if self._broken:
+            raise OutputClosed()
+
+    @property
+    def stuck(self) -> bool:
+        """The reader stopped reading: the writer is still blocked in write() after close()."""
+        return self._thread.is_alive()
