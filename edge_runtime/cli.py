@@ -24,6 +24,7 @@ FLAG_KEYS = {
     "loop": ("loop", "--loop"), "realtime": ("realtime", "--realtime"),
     "quiet_predictions": ("quiet_predictions", "--quiet-predictions"),
     "log_predictions": ("log.predictions", "--log-predictions"), "log_level": ("log.level", "--log-level"),
+    "mqtt": ("mqtt.url", "--mqtt"), "http": ("http.listen", "--http"),
 }
 
 
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-predictions", action="store_true", default=None,
                    help="also log every prediction (journal) at info level")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--mqtt", metavar="URI",
+                   help="publish to MQTT: mqtt://[user:pass@]host[:port]/prefix (mqtts:// for TLS; "
+                        "prefix default edge_runtime/<hostname>); more in the config's mqtt: section")
+    p.add_argument("--http", metavar="ADDR",
+                   help="serve a live view, /metrics, /healthz, /latest and /snapshot.jpg on [ADDRESS:]PORT "
+                        "(address default 127.0.0.1; 0.0.0.0:8080 for all interfaces)")
     p.add_argument("--validate-config", action="store_true",
                    help="check the config, model and source string, print the result, exit")
     p.add_argument("--version", action="version", version=f"edge_runtime {__version__}")
@@ -142,12 +149,22 @@ def run_daemon(args: argparse.Namespace) -> int:
     stats = Stats()
     stdout_sink = StdoutSink(predictions=not cfg.quiet_predictions, live=probe.live, stats=stats, stop=stop)
     sinks = [stdout_sink, LogSink(predictions=cfg.log.predictions)]
+    http_sink = None
+    if cfg.http.listen:
+        from .sinks.http import HttpSink
+        http_sink = HttpSink(cfg.http, stats)
+        sinks.append(http_sink)
+    if cfg.mqtt.url:
+        from .sinks.mqtt import MqttSink
+        sinks.append(MqttSink(cfg.mqtt, cfg.publish, stats, config_dir=config_mod.config_dir(args.config)))
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
                               stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay)
     pipeline = Pipeline(lambda: open_source(uri, source_options), engine, sinks, options, stop=stop,
                         notifier=Notifier(), stats=stats)
+    if http_sink is not None:
+        http_sink.attach(pipeline)
     log.info("source: %s (%s); ready in %.2f s", uri, "live" if pipeline.live else "frame by frame",
              time.perf_counter() - started)
     pipeline.run()

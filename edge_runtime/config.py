@@ -15,7 +15,7 @@ import yaml
 
 from . import schema
 from .errors import ConfigError
-from .schema import Invalid, at_least, field, greater_than, one_of
+from .schema import Invalid, all_of, at_least, field, greater_than, one_of
 
 DEFAULT_MODEL = "models/mobilenetv3_small.onnx"
 DEFAULT_CONFIG_FILE = Path(__file__).parent / "data" / "config.yaml"
@@ -45,6 +45,72 @@ class LogConfig:
     predictions: bool = field(False, help="also log every prediction at info level (journal)")
 
 
+def _mqtt_url(value: str) -> str | None:
+    from .sinks.mqtt import parse_url
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        return str(exc)          # never echoes the URL: it may hold a password
+    return None
+
+
+def _listen(value: str) -> str | None:
+    from .sinks.http import parse_listen
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _at_most(high: float):
+    def check(value):
+        return None if value <= high else f"expected a number <= {high}, got {value!r}"
+    return check
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    threshold: float = field(0.5, check=all_of(at_least(0), _at_most(1)),
+                             help="the MQTT state topic changes only for a top-1 score at or above this")
+    min_frames: int = field(3, check=at_least(1), help="... for this many consecutive frames")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str | None = field(None, check=_mqtt_url, help="mqtt://[user:pass@]host[:port]/prefix, mqtts:// for TLS")
+    qos: int = field(0, check=all_of(at_least(0), _at_most(2)), help="QoS of the prediction and stats messages")
+    predictions: bool = field(True, help="publish every prediction (false: only state and stats)")
+    retain_state: bool = field(True)
+    ca_file: str | None = field(None, help="CA certificate(s) for mqtts:// (default: the system's)")
+    client_id: str | None = field(None, help="default edge_runtime-<hostname>")
+    keepalive: int = field(30, check=at_least(5))
+    reconnect_min_delay: float = field(1.0, check=greater_than(0))
+    reconnect_max_delay: float = field(60.0, check=greater_than(0))
+    max_queued: int = field(1000, check=at_least(1), help="unsent messages held while the broker is away")
+    homeassistant: bool = field(False, help="publish Home Assistant MQTT discovery configs")
+    discovery_prefix: str = field("homeassistant")
+
+    def __post_init__(self):
+        if self.reconnect_max_delay < self.reconnect_min_delay:
+            raise Invalid("reconnect_max_delay", "must be >= mqtt.reconnect_min_delay")
+        if self.ca_file is not None and self.url is not None and not self.url.lower().startswith("mqtts:"):
+            raise Invalid("ca_file", "a CA file needs an mqtts:// url")
+        if not self.discovery_prefix or any(c in self.discovery_prefix for c in "+#"):
+            raise Invalid("discovery_prefix", "expected a topic without wildcards")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str | None = field(None, check=_listen,
+                               help="[ADDRESS:]PORT; the address defaults to 127.0.0.1 (0.0.0.0: all interfaces)")
+    mjpeg_fps: float = field(5.0, check=all_of(greater_than(0), _at_most(30)), help="live view frame rate")
+    jpeg_quality: int = field(80, check=all_of(at_least(1), _at_most(100)))
+    unhealthy_after: float = field(30.0, check=greater_than(0),
+                                   help="/healthz is 503 after this many seconds without frames or source")
+    max_connections: int = field(32, check=at_least(1))
+
+
 @dataclass(frozen=True)
 class Config:
     source: str | None = field(None, help="a source URI; see README")
@@ -60,6 +126,9 @@ class Config:
     quiet_predictions: bool = field(False)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     def __post_init__(self):
         if self.source is not None and self.camera is not None:

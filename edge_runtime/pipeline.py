@@ -55,6 +55,9 @@ class Pipeline:
         self._generation = 0
         self.capture: CaptureThread | None = None
         self.last_record: dict | None = None
+        self.last_processed_mono: float | None = None
+        self.started_mono = time.perf_counter()
+        self.error: BaseException | None = None
         self.output_closed = False
 
     def _start_capture(self) -> None:
@@ -120,6 +123,7 @@ class Pipeline:
                         record["path"] = frame.path
                     self.stats.processed(pre_ms, inf_ms, total_ms)
                     self.last_record = record
+                    self.last_processed_mono = now
                     for sink in self.sinks:
                         sink.prediction(record, frame)
                     processed += 1
@@ -135,6 +139,9 @@ class Pipeline:
         except OutputClosed:
             log.info("output closed by its reader; stopping")
             self.output_closed = True
+        except BaseException as exc:
+            self.error = exc
+            raise
         finally:
             self.stop.set()
             self.notifier.stopping()
@@ -142,6 +149,37 @@ class Pipeline:
                 # Let it close the source: native capture code still running at interpreter exit aborts.
                 self.capture.join(timeout=1.5)
         return processed
+
+    def health(self, unhealthy_after: float = 30.0) -> dict:
+        """For /healthz: healthy while frames flow; the reason when the source is lost or frames
+        stopped for longer than `unhealthy_after` seconds, or the pipeline stopped (error or shutdown)."""
+        now = time.perf_counter()
+        cap = self.capture
+        last = self.last_processed_mono
+        age = None if last is None else now - last
+        lost_for = None if cap is None or cap.lost_since is None else now - cap.lost_since
+        status, reason = "ok", None
+        if self.error is not None:
+            first = (str(self.error).strip().splitlines() or [""])[0]
+            status, reason = "error", f"the pipeline stopped with an error: {type(self.error).__name__}: {first}"
+        elif self.stop.is_set():
+            status, reason = "stopped", "the pipeline has stopped"
+        else:
+            waited = now - self.started_mono
+            stale = (age is None and waited > unhealthy_after) or (age is not None and age > unhealthy_after)
+            if lost_for is not None and (lost_for > unhealthy_after or stale):
+                status, reason = "source_lost", f"source lost for {lost_for:.1f} s: {cap.lost_reason}"
+            elif stale and age is None:
+                status, reason = "no_frames", f"no frame processed in the {waited:.0f} s since start"
+            elif stale:
+                status, reason = "stalled", f"no frame processed for {age:.0f} s"
+            elif age is None:
+                status = "starting"
+        return {"healthy": reason is None, "status": status, "reason": reason,
+                "source_connected": bool(cap is not None and cap.connected),
+                "last_frame_age_s": None if age is None else round(age, 3),
+                "source_lost_for_s": None if lost_for is None else round(lost_for, 3),
+                "frames_processed": self.stats.frames_processed}
 
     def finish(self) -> dict | None:
         """Final stats line to every sink (after run), then close them."""

@@ -110,8 +110,8 @@ def test_any_config_document_is_accepted_or_refused_with_a_key(tmp_path, doc):
 def test_any_bad_flag_value_exits_2_without_traceback(flag, value):
     if flag == "--stats-interval" and value in ("1e999", "0x10"):
         value = "-1"
-    if flag == "--camera" and value.lstrip("-").isdigit() and int(value) == 0:
-        value = "-1"
+    if flag in ("--camera", "--threads") and value.lstrip("-").isdigit() and int(value) == 0:
+        value = "-1"      # 0 is a valid camera number, and threads 0 means "all cores"
     where = ["--model", "x.onnx"] if flag == "--camera" else ["--source", "synthetic://8x8"]
     result = run_daemon(*where, flag, value, "--validate-config", timeout=30)
     assert result.returncode == 2, (flag, value, result.stderr)

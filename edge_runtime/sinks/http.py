@@ -1,0 +1,353 @@
+"""HTTP: Prometheus metrics, health, the latest prediction and frame, and a live view page.
+
+  GET /              the live view (data/live.html: one self-contained page)
+  GET /metrics       Prometheus exposition (metrics.py)
+  GET /healthz       200 while frames flow; 503 + JSON reason when the source is lost, frames stop or
+                     the pipeline failed (Pipeline.health())
+  GET /latest        the last prediction JSON (the stdout line)
+  GET /stats.json    the last stats line plus live FPS/latency/temperature, for the page
+  GET /snapshot.jpg  the last frame as JPEG
+  GET /stream.mjpg   MJPEG (multipart/x-mixed-replace) at http.mjpeg_fps
+
+From the inference loop, prediction() only stores references (record, frame image) and feeds the
+latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
+only while someone asks for a snapshot or watches the stream, at most http.mjpeg_fps times a
+second whatever the number of viewers. Each connection has its own thread and a socket timeout, so a
+client that never reads blocks only its own thread, and only until the timeout; connections beyond
+http.max_connections get a 503 at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+from .. import system
+from ..errors import UserError
+from ..stats import Stats
+from .base import Sink
+from .mqtt import hostname, redact, set_extra
+from .stdout import dumps
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).resolve().parents[1] / "data" / "live.html"
+SOCKET_TIMEOUT_S = 10.0
+BOUNDARY = "frame"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`8080`, `:8080` -> 127.0.0.1; `0.0.0.0:8080`, `192.168.1.5:8080`, `[::1]:8080`, `host:8080`."""
+    expected = "expected [ADDRESS:]PORT, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(expected)
+    elif value.count(":") > 1:
+        raise ValueError(f"{expected} (put an IPv6 address in brackets)")
+    else:
+        host, _, port = value.rpartition(":")
+    host = host or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{expected}; the port must be a number from 0 to 65535")
+    return host, int(port)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 32
+
+    def __init__(self, address, handler, sink: "HttpSink", max_connections: int):
+        self.sink = sink
+        self.max_connections = max_connections
+        self.active = 0
+        self._active_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        with self._active_lock:
+            full = self.active >= self.max_connections
+            if not full:
+                self.active += 1
+        if full:
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                b"Content-Length: 17\r\nConnection: close\r\n\r\ntoo many clients\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        log.warning("http: error serving %s", client_address[0], exc_info=True)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self.active -= 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = SOCKET_TIMEOUT_S          # applies to reads and writes on the connection
+    server_version = "edge_runtime"
+
+    def log_message(self, fmt, *args):    # requests go to debug, not the journal
+        log.debug("http %s: %s", self.client_address[0], fmt % args)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj) -> None:
+        self._send(status, (dumps(obj) + "\n").encode(), "application/json")
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        sink = self.server.sink
+        sink.count_request()
+        path = self.path.split("?", 1)[0]
+        try:
+            if path in ("/", "/index.html"):
+                self._send(200, sink.page(), "text/html; charset=utf-8")
+            elif path == "/metrics":
+                self._send(200, sink.metrics.exposition(), sink.metrics.content_type)
+            elif path == "/healthz":
+                health = sink.health()
+                self._json(200 if health["healthy"] else 503, health)
+            elif path == "/latest":
+                record = sink.latest_record()
+                if record is None:
+                    self._json(503, {"error": "no prediction yet"})
+                else:
+                    self._json(200, record)
+            elif path == "/stats.json":
+                self._json(200, sink.live_stats())
+            elif path == "/snapshot.jpg":
+                jpeg = sink.jpeg()
+                if jpeg is None:
+                    self._json(503, {"error": "no frame yet"})
+                else:
+                    self._send(200, jpeg[1], "image/jpeg")
+            elif path == "/stream.mjpg":
+                self._stream(sink)
+            else:
+                self._json(404, {"error": "not found",
+                                 "endpoints": ["/", "/metrics", "/healthz", "/latest", "/stats.json",
+                                               "/snapshot.jpg", "/stream.mjpg"]})
+        except OSError:            # the client went away or stopped reading (socket timeout)
+            self.close_connection = True
+
+    def _stream(self, sink: "HttpSink") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        self.close_connection = True
+        interval = 1.0 / sink.cfg.mjpeg_fps
+        sent_seq = 0
+        sink.stream_clients_add(1)
+        try:
+            while not sink.closed:
+                due = time.monotonic() + interval
+                jpeg = sink.jpeg()
+                if jpeg is not None and jpeg[0] != sent_seq:
+                    sent_seq, data = jpeg
+                    self.wfile.write(b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n"
+                                     b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                sink.closed_event.wait(max(0.0, due - time.monotonic()))
+        finally:
+            sink.stream_clients_add(-1)
+
+
+class HttpSink(Sink):
+    name = "http"
+
+    def __init__(self, cfg, stats: Stats | None = None, *, model_info: dict[str, str] | None = None,
+                 health: Callable[[], dict] | None = None):
+        """`cfg`: config.HttpConfig (listen set). `health`: a callable like Pipeline.health (see attach())."""
+        from ..metrics import Metrics
+
+        self.cfg = cfg
+        self.stats_obj = stats or Stats()
+        self._health = health
+        self.metrics = Metrics(self.stats_obj, model_info=model_info, health=self.health)
+        self.metrics.extra_collect = self._collect
+        self.closed = False
+        self.closed_event = threading.Event()
+        self.requests = 0
+        self.frames_encoded = 0
+        self.stream_clients = 0
+        self._latest: tuple[int, dict, object] | None = None      # (seq, record, image)
+        self._seq = 0
+        self._times: deque[float] = deque(maxlen=4096)          # processing times, for the live FPS
+        self._started = time.perf_counter()
+        self._last_line: dict | None = None
+        self._enc_lock = threading.Lock()
+        self._jpeg: tuple[int, bytes] | None = None
+        self._jpeg_at = 0.0
+        self._clients_lock = threading.Lock()
+        self._page: bytes | None = None
+        host, port = parse_listen(cfg.listen)
+        try:
+            self._server = _Server((host, port), _Handler, self, cfg.max_connections)
+        except OSError as exc:
+            raise UserError(f"http: cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+        self.address = self._server.server_address[:2]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.25},
+                                        name="http-server", daemon=True)
+        self._thread.start()
+        shown = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
+        self.url = f"http://{shown}:{self.address[1]}/"
+        log.info("http: live view on %s (also /metrics, /healthz, /latest, /snapshot.jpg)", self.url)
+        self._update_extra()
+
+    def attach(self, pipeline) -> None:
+        """Health and model info from the running pipeline (built after the sinks)."""
+        self._health = lambda: pipeline.health(self.cfg.unhealthy_after)
+        engine = pipeline.engine
+        info = engine.spec.info_dict
+        size = engine.spec.input.size
+        self.metrics.model_info = {
+            "path": str(engine.path), "arch": info.get("arch", ""), "weights": info.get("weights", ""),
+            "input": f"{size[0]}x{size[1]}", "labels": str(len(engine.spec.labels or ())),
+        }
+
+    # -- from the inference loop --
+
+    def prediction(self, record, frame):
+        self._seq += 1
+        self._latest = (self._seq, record, frame.image)
+        self._times.append(time.perf_counter())
+        self.metrics.observe(record["latency_ms"])
+
+    def stats(self, line):
+        self._last_line = line
+        self.metrics.last_stats = line
+        self._update_extra()
+
+    # -- for the request threads --
+
+    def health(self) -> dict:
+        if self._health is not None:
+            health = dict(self._health())
+        else:       # no pipeline attached (tests, tools): judge by the predictions seen
+            age = time.perf_counter() - self._times[-1] if self._times else None
+            since = age if age is not None else time.perf_counter() - self._started
+            healthy = since <= self.cfg.unhealthy_after
+            health = {"healthy": healthy, "status": ("ok" if age is not None else "starting") if healthy
+                      else "stalled", "reason": None if healthy else f"no frame for {since:.0f} s",
+                      "source_connected": age is not None, "last_frame_age_s": age}
+        if health.get("reason"):
+            health["reason"] = redact(str(health["reason"]))
+        return health
+
+    def latest_record(self) -> dict | None:
+        latest = self._latest
+        if latest is None:
+            return None
+        record = latest[1]
+        source = record.get("source")
+        if isinstance(source, str) and "@" in source:
+            record = {**record, "source": redact(source)}
+        return record
+
+    def live_fps(self, window: float = 2.0) -> float:
+        """Predictions per second over the last `window` seconds (0 when frames stop)."""
+        now = time.perf_counter()
+        window = min(window, max(now - self._started, 1e-3))
+        n = sum(1 for t in list(self._times) if t >= now - window)
+        return round(n / window, 2)
+
+    def live_stats(self) -> dict:
+        record = self.latest_record()
+        return {"host": hostname(), "fps": self.live_fps(), "frames": self._seq,
+                "latency_ms": record["latency_ms"] if record else None,
+                "cpu_temp_c": system.cpu_temp_c(), "health": self.health(), "mjpeg_fps": self.cfg.mjpeg_fps,
+                "stats": self._last_line}
+
+    def jpeg(self) -> tuple[int, bytes] | None:
+        """(seq, JPEG of the latest frame), encoded here at most mjpeg_fps times a second, shared by all viewers."""
+        import cv2
+        import numpy as np
+
+        with self._enc_lock:
+            latest = self._latest
+            if latest is None:
+                return None
+            seq, _, image = latest
+            now = time.monotonic()
+            if self._jpeg is not None and (self._jpeg[0] == seq or now - self._jpeg_at < 1.0 / self.cfg.mjpeg_fps):
+                return self._jpeg
+            if image.ndim == 3 and image.shape[2] == 4:
+                image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image),
+                                   [cv2.IMWRITE_JPEG_QUALITY, int(self.cfg.jpeg_quality)])
+            if not ok:
+                return self._jpeg
+            self._jpeg, self._jpeg_at = (seq, buf.tobytes()), now
+            self.frames_encoded += 1
+            return self._jpeg
+
+    def page(self) -> bytes:
+        if self._page is None:
+            self._page = PAGE.read_bytes()
+        return self._page
+
+    def count_request(self) -> None:
+        with self._clients_lock:
+            self.requests += 1
+        self._update_extra()
+
+    def stream_clients_add(self, n: int) -> None:
+        with self._clients_lock:
+            self.stream_clients += n
+        self._update_extra()
+
+    def _collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("edge_runtime_http_stream_clients", "Clients watching the MJPEG stream",
+                                value=self.stream_clients)
+        c = CounterMetricFamily("edge_runtime_http_frames_encoded", "JPEG frames encoded for snapshots and the stream")
+        c.add_metric([], self.frames_encoded)
+        yield c
+
+    def _update_extra(self) -> None:
+        set_extra(self.stats_obj, "http", {"requests": self.requests, "stream_clients": self.stream_clients,
+                                           "frames_encoded": self.frames_encoded})
+
+    def close(self) -> None:
+        self.closed = True
+        self.closed_event.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(1.0)
+        log.debug("http: closed")

@@ -1,0 +1,459 @@
+"""MQTT publishing (paho-mqtt), Home Assistant-ready.
+
+Topics under the prefix (default `edge_runtime/<hostname>`):
+  availability       `online` (retained) while connected; `offline` by Last Will and on a clean exit
+  prediction         every prediction, the same JSON as the stdout line (QoS `mqtt.qos`)
+  state              the top-1 label, only when it changes after `publish.min_frames` confident frames
+  state/attributes   {"label", "score", "frame", "ts"} of that change (Home Assistant attributes)
+  stats              the stats JSON, every stats interval
+With `mqtt.homeassistant: true`, retained discovery configs under
+`<discovery_prefix>/sensor/<node_id>/<object>/config` create a device with sensors for the label
+(score as an attribute), FPS, inference latency and CPU temperature.
+
+The inference loop only appends to a bounded queue (drop oldest, counted); a publisher thread
+serialises and hands messages to paho, whose own network thread does the I/O and reconnects with
+backoff. A broker that is down, black-holed or slow therefore costs the loop nothing: messages wait
+in the queue (at most `mqtt.max_queued`) and the oldest are dropped and counted in the stats line
+(`"mqtt": {"connected", "sent", "dropped", "queued"}`). Each loss and each reconnect is logged once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from .. import __version__
+from ..errors import UserError
+from ..stats import Stats
+from .base import Sink
+from .stdout import dumps
+
+log = logging.getLogger(__name__)
+
+WINDOW = 64            # messages handed to paho but not yet written (QoS 0) or acknowledged (QoS 1/2)
+FLUSH_S = 1.0          # on close: how long pending messages may take to go out
+EXTRA_EVERY_S = 0.25   # how often the counters in the stats line are refreshed
+BATCH_S = 0.005        # the publisher's pause between batches
+SILENT_S = 10.0        # a broker that accepted TCP but has not answered CONNECT for this long is reported
+
+
+# --- URLs ------------------------------------------------------------------------------------
+
+def hostname() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def topic_safe(text: str) -> str:
+    """A string usable as one topic level / Home Assistant node id: [A-Za-z0-9_-]."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "edge_runtime"
+
+
+def default_prefix() -> str:
+    return f"edge_runtime/{topic_safe(hostname())}"
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    tls: bool
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    prefix: str
+
+    def redacted(self) -> str:
+        """For logs: the password never appears."""
+        user = ""
+        if self.username is not None:
+            user = self.username + (":***" if self.password is not None else "") + "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}/{self.prefix}"
+
+
+def parse_url(url: str) -> BrokerUrl:
+    """mqtt://[user:pass@]host[:port]/prefix (mqtts:// for TLS). ValueError names the problem, never the password."""
+    expected = "expected mqtt://[user:pass@]host[:port]/prefix or mqtts://... (TLS)"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{expected}; the port is not a number from 0 to 65535") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise ValueError(expected)
+    if not parts.hostname:
+        raise ValueError(f"{expected}; the host is missing")
+    if "?" in url or "#" in url:
+        raise ValueError(f"{expected}; no ?query or #fragment (percent-encode '#', '/' or '@' in a password "
+                         "as %23, %2F, %40; other options go in the config file's mqtt: section)")
+    prefix = unquote(parts.path).strip("/")
+    if any(c in prefix for c in "+#\0"):
+        raise ValueError("the topic prefix must not contain the MQTT wildcards + or #")
+    if "//" in prefix:
+        raise ValueError("the topic prefix must not contain empty levels (//)")
+    tls = scheme == "mqtts"
+    return BrokerUrl(tls=tls, host=parts.hostname, port=port or (8883 if tls else 1883),
+                     username=unquote(parts.username) if parts.username is not None else None,
+                     password=unquote(parts.password) if parts.password is not None else None,
+                     prefix=prefix or default_prefix())
+
+
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^@\s/]*@")
+
+
+def redact(text: str) -> str:
+    """`rtsp://user:secret@cam/...` -> `rtsp://user:***@cam/...` anywhere in a string."""
+    return _USERINFO.sub(r"\1:***@", text)
+
+
+def set_extra(stats: Stats, key: str, values: dict) -> None:
+    """Replace one section of the stats line's extras under the stats lock (never mutated afterwards)."""
+    with stats._lock:      # noqa: SLF001 - Stats.snapshot() merges extra under this lock
+        stats.extra[key] = dict(values)
+
+
+# --- the state topic -------------------------------------------------------------------------
+
+class StateTracker:
+    """Top-1 label, debounced: a new state after `min_frames` consecutive frames at or above `threshold`."""
+
+    def __init__(self, threshold: float, min_frames: int):
+        self.threshold = threshold
+        self.min_frames = min_frames
+        self.current: str | None = None
+        self._candidate: str | None = None
+        self._count = 0
+
+    def update(self, label: str | None, score: float) -> bool:
+        """Feed one prediction; True when `label` has just become the new state."""
+        if label is None or score < self.threshold:
+            self._candidate, self._count = None, 0
+            return False
+        if label == self._candidate:
+            self._count += 1
+        else:
+            self._candidate, self._count = label, 1
+        if self._count >= self.min_frames and label != self.current:
+            self.current = label
+            return True
+        return False
+
+
+# --- Home Assistant discovery ----------------------------------------------------------------
+
+def discovery_configs(prefix: str, node_id: str, discovery_prefix: str, device_name: str) -> dict[str, dict]:
+    """Topic -> retained config payload, one per sensor (Home Assistant MQTT discovery)."""
+    availability = f"{prefix}/availability"
+    device = {"identifiers": [f"edge_runtime_{node_id}"], "name": device_name, "model": "edge_runtime",
+              "manufacturer": "edge_runtime", "sw_version": __version__}
+    origin = {"name": "edge_runtime", "sw_version": __version__}
+    common = {"availability_topic": availability, "payload_available": "online",
+              "payload_not_available": "offline", "device": device, "origin": origin}
+    sensors = {
+        "label": {"name": "Label", "state_topic": f"{prefix}/state",
+                  "json_attributes_topic": f"{prefix}/state/attributes", "icon": "mdi:eye"},
+        "fps": {"name": "FPS", "state_topic": f"{prefix}/stats", "value_template": "{{ value_json.fps.inference }}",
+                "unit_of_measurement": "fps", "state_class": "measurement", "icon": "mdi:speedometer",
+                "entity_category": "diagnostic"},
+        "inference_ms": {"name": "Inference latency", "state_topic": f"{prefix}/stats",
+                         "value_template": "{{ value_json.latency_ms.inference.p50 }}",
+                         "unit_of_measurement": "ms", "device_class": "duration", "state_class": "measurement",
+                         "entity_category": "diagnostic"},
+        "cpu_temp": {"name": "CPU temperature", "state_topic": f"{prefix}/stats",
+                     # null (no thermal zone) renders as "None", which Home Assistant shows as unknown
+                     "value_template": "{{ value_json.cpu_temp_c }}", "unit_of_measurement": "°C",
+                     "device_class": "temperature", "state_class": "measurement",
+                     "entity_category": "diagnostic"},
+    }
+    return {f"{discovery_prefix}/sensor/{node_id}/{obj}/config": {**body, **common, "unique_id": f"{node_id}_{obj}"}
+            for obj, body in sensors.items()}
+
+
+# --- the sink --------------------------------------------------------------------------------
+
+class MqttSink(Sink):
+    name = "mqtt"
+
+    def __init__(self, cfg, publish, stats: Stats | None = None, *, config_dir: Path | None = None):
+        """`cfg`: config.MqttConfig (url set); `publish`: config.PublishConfig."""
+        import paho.mqtt.client as mqtt
+
+        self._mqtt = mqtt
+        self.cfg = cfg
+        self.url = parse_url(cfg.url)
+        self.prefix = self.url.prefix
+        self.stats_obj = stats or Stats()
+        self.tracker = StateTracker(publish.threshold, publish.min_frames)
+        self.client_id = cfg.client_id or f"edge_runtime-{topic_safe(hostname())}"
+        self.node_id = topic_safe(self.client_id)
+        self.topics = {name: f"{self.prefix}/{name}" for name in
+                       ("availability", "prediction", "state", "state/attributes", "stats")}
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+        self._window: deque = deque()          # (MQTTMessageInfo, qos) handed to paho
+        self._connected = False
+        self._closing = False
+        self._flush_deadline = 0.0
+        self.sent = 0
+        self.dropped = 0
+        self._last_state: tuple[str, bytes] | None = None     # (label, attributes) for republishing
+        self._redacted: dict[str, str] = {}
+        self._lost_at: float | None = None
+        self._ever_connected = False
+        self._failure_logged: str | None = None
+        self._extra_due = 0.0
+        self._started = time.monotonic()
+        self._log_lock = threading.Lock()
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
+        if self.url.username is not None:
+            client.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            ca = cfg.ca_file
+            if ca and config_dir is not None and not Path(ca).is_absolute():
+                ca = str(config_dir / ca)
+            try:
+                client.tls_set(ca_certs=ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise UserError(f"mqtt.ca_file {ca}: cannot load it: {getattr(exc, 'strerror', None) or exc}") \
+                    from None
+        client.will_set(self.topics["availability"], "offline", qos=1, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
+        client.connect_timeout = 3.0
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+        self._update_extra(force=True)
+        log.info("mqtt: publishing to %s (topics %s/...)", self.url.redacted(), self.prefix)
+        client.connect_async(self.url.host, self.url.port, keepalive=cfg.keepalive)
+        client.loop_start()
+        self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._worker.start()
+
+    # -- called from the inference loop: queue appends only --
+
+    def _enqueue(self, item: tuple) -> None:
+        with self._cond:
+            if len(self._queue) >= self.cfg.max_queued:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(item)
+            if self._connected:         # otherwise nothing can be sent: let the publisher sleep
+                self._cond.notify()
+
+    def prediction(self, record, frame):
+        if self.cfg.predictions:
+            self._enqueue(("prediction", record))
+        top = record["top"][0] if record["top"] else None
+        if top is not None and self.tracker.update(top["label"], top["score"]):
+            self._enqueue(("state", record))
+
+    def stats(self, line):
+        self._enqueue(("stats", line))
+
+    # -- the publisher thread --
+
+    def _source(self, record: dict) -> dict:
+        src = record.get("source")
+        if not isinstance(src, str):
+            return record
+        clean = self._redacted.get(src)
+        if clean is None:
+            clean = self._redacted.setdefault(src, redact(src))
+        return record if clean == src else {**record, "source": clean}
+
+    def _render(self, item: tuple) -> list[tuple[str, bytes, int, bool]]:
+        kind, obj = item
+        if kind == "prediction":
+            return [(self.topics["prediction"], dumps(self._source(obj)).encode(), self.cfg.qos, False)]
+        if kind == "stats":
+            return [(self.topics["stats"], dumps(obj).encode(), self.cfg.qos, False)]
+        top = obj["top"][0]
+        attributes = dumps({"label": top["label"], "score": top["score"], "frame": obj["frame"],
+                            "ts": obj["ts"]}).encode()
+        self._last_state = (top["label"], attributes)
+        return self._state_messages(top["label"], attributes)
+
+    def _state_messages(self, label: str, attributes: bytes) -> list[tuple[str, bytes, int, bool]]:
+        retain = self.cfg.retain_state
+        return [(self.topics["state/attributes"], attributes, 1, retain),
+                (self.topics["state"], label.encode(), 1, retain)]
+
+    def _prune(self) -> None:
+        """Forget messages paho has finished with (caller holds self._cond)."""
+        while self._window:
+            info, _ = self._window[0]
+            try:
+                done = info.is_published()
+            except (ValueError, RuntimeError):
+                done = None
+            if done is False:
+                break
+            self._window.popleft()
+            if done:
+                self.sent += 1
+            else:
+                self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    self._prune()
+                    if self._closing and (not self._queue or not self._connected
+                                          or time.monotonic() > self._flush_deadline):
+                        return
+                    room = WINDOW - len(self._window)
+                    if self._queue and self._connected and room > 0:
+                        break
+                    self._update_extra()
+                    if not self._ever_connected and self._failure_logged is None \
+                            and time.monotonic() - self._started > SILENT_S:
+                        self._down("no answer from the broker")
+                    # a full window (slow broker) is polled; otherwise wait for work or a connection
+                    self._cond.wait(0.05 if self._queue and self._connected else 0.5)
+                # a batch: fewer lock round trips with the inference loop
+                items = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+            infos = []
+            for item in items:
+                try:
+                    messages = self._render(item)
+                except Exception as exc:    # a record we cannot encode must not kill the publisher
+                    log.warning("mqtt: cannot encode a %s message: %s", item[0], exc)
+                    continue
+                for topic, payload, qos, retain in messages:
+                    infos.append((self.client.publish(topic, payload, qos=qos, retain=retain), qos))
+            with self._cond:
+                for info, qos in infos:
+                    if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
+                        self._window.append((info, qos))
+                    else:
+                        self.dropped += 1          # the connection went away meanwhile
+            self._update_extra()
+            # Let a few more messages gather: at high frame rates the inference loop then mostly finds
+            # nobody to wake (a wake-up per message costs it several µs); adds at most 5 ms of latency.
+            time.sleep(BATCH_S)
+
+    def _update_extra(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._extra_due:
+            return
+        self._extra_due = now + EXTRA_EVERY_S
+        set_extra(self.stats_obj, "mqtt", {"connected": self._connected, "sent": self.sent,
+                                           "dropped": self.dropped, "queued": len(self._queue) + len(self._window)})
+
+    # -- paho's network thread --
+
+    def _announce(self, client) -> None:
+        """Availability, discovery and the current state: on every (re)connect and on HA's birth message."""
+        client.publish(self.topics["availability"], "online", qos=1, retain=True)
+        if self.cfg.homeassistant:
+            for topic, payload in discovery_configs(self.prefix, self.node_id, self.cfg.discovery_prefix,
+                                                    f"edge_runtime {hostname()}").items():
+                client.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=True)
+        last = self._last_state
+        if last is not None:
+            for topic, payload, qos, retain in self._state_messages(*last):
+                client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code.is_failure:
+            reason = str(reason_code)
+            if self._failure_logged != reason:
+                self._failure_logged = reason
+                log.error("mqtt: broker %s refused the connection: %s; retrying with backoff (up to %g s apart)",
+                          self.url.redacted(), reason, self.cfg.reconnect_max_delay)
+            return
+        if self.cfg.homeassistant:
+            client.subscribe(f"{self.cfg.discovery_prefix}/status", qos=1)
+        self._announce(client)
+        with self._cond:
+            self._connected = True
+            self._cond.notify_all()
+        if self._ever_connected:
+            log.warning("mqtt: reconnected to %s after %.1f s (%d messages dropped so far)",
+                        self.url.redacted(), time.monotonic() - (self._lost_at or time.monotonic()), self.dropped)
+        elif self._lost_at is not None:
+            log.warning("mqtt: connected to %s after %.1f s of retries", self.url.redacted(),
+                        time.monotonic() - self._lost_at)
+        else:
+            log.info("mqtt: connected to %s", self.url.redacted())
+        self._lost_at = None
+        self._failure_logged = None
+        self._ever_connected = True
+        self._update_extra(force=True)
+
+    def _down(self, why: str) -> None:
+        with self._log_lock:
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+            if self._failure_logged is not None or self._closing or self._connected:
+                return
+            self._failure_logged = why
+            if self._ever_connected:
+                log.warning("mqtt: lost the connection to %s (%s); reconnecting with backoff (up to %g s apart), "
+                            "holding at most %d messages", self.url.redacted(), why,
+                            self.cfg.reconnect_max_delay, self.cfg.max_queued)
+            else:
+                log.warning("mqtt: cannot reach broker %s (%s); retrying with backoff (up to %g s apart), "
+                            "predictions go on", self.url.redacted(), why, self.cfg.reconnect_max_delay)
+
+    def _on_connect_fail(self, client, userdata):
+        self._down("connection failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        with self._cond:
+            was = self._connected
+            self._connected = False
+            kept = deque()
+            for info, qos in self._window:         # QoS 0 packets paho had not written are gone
+                if qos == 0 and not info.is_published():
+                    self.dropped += 1
+                else:
+                    kept.append((info, qos))
+            self._window = kept
+        self._update_extra(force=True)
+        if was or not self._ever_connected:
+            why = str(reason_code)
+            self._down(("connection closed" if why == "Unspecified error" else why) if was
+                       else "no answer from the broker")
+
+    def _on_message(self, client, userdata, message):
+        if message.topic == f"{self.cfg.discovery_prefix}/status" and message.payload == b"online":
+            self._announce(client)          # Home Assistant restarted: send the discovery configs again
+
+    # -- shutdown --
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._flush_deadline = time.monotonic() + FLUSH_S
+            self._cond.notify_all()
+        self._worker.join(FLUSH_S + 0.5)
+        if self._connected:
+            try:
+                self.client.publish(self.topics["availability"], "offline", qos=1, retain=True).wait_for_publish(1.0)
+            except (ValueError, RuntimeError):
+                pass
+        self.client.disconnect()           # also ends a pending connect attempt's loop promptly
+        # paho's loop thread ends promptly after disconnect(); bound the wait if it sits in a connect attempt
+        stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(1.0)
+        with self._cond:
+            self._prune()
+            self.dropped += len(self._queue)
+            self._queue.clear()
+        self._update_extra(force=True)
+        log.info("mqtt: closed (%d messages sent, %d dropped)", self.sent, self.dropped)
