@@ -26,6 +26,9 @@ def session_options(threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3   # onnxruntime's own warnings would land in the journal as noise
+    spin = os.environ.get("EDGE_ORT_SPINNING")
+    if spin is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     return opts
 
 

@@ -59,11 +59,13 @@ class Preprocessor:
         self._interp = _INTERPOLATION[spec.interpolation]
         # Source channel for each output channel: BGR frames, so RGB output reads 2, 1, 0.
         self._order = (2, 1, 0) if spec.color == "rgb" else (0, 1, 2)
-        # x/255 - mean) / std  ==  x * scale + bias, one multiply-add per pixel.
+        # (x/255 - mean) / std  ==  x * scale + bias, one multiply-add per pixel.
         std = np.asarray(spec.std, dtype=np.float64)
         mean = np.asarray(spec.mean, dtype=np.float64)
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)
         self._bias = (-mean / std).astype(np.float32)
+        self._scale_f = [float(v) for v in self._scale]
+        self._bias_f = [float(v) for v in self._bias]
         self._resized = np.empty((h, w, 3), dtype=np.uint8)
 
     def new_buffer(self) -> np.ndarray:
@@ -98,10 +100,11 @@ class Preprocessor:
                     np.copyto(out[0, c], small[:, :, src])
             return out
         if self.spec.layout == "nchw":
+            # One SIMD pass per channel straight into the tensor's plane: x * scale + bias as float32.
+            planes = cv2.split(small)
             for c, src in enumerate(order):
-                plane = out[0, c]
-                np.multiply(small[:, :, src], self._scale[c], out=plane, dtype=np.float32)
-                plane += self._bias[c]
+                cv2.addWeighted(planes[src], self._scale_f[c], planes[src], 0.0, self._bias_f[c],
+                                dst=out[0, c], dtype=cv2.CV_32F)
         else:
             view = out[0]
             np.multiply(small[:, :, order], self._scale, out=view, dtype=np.float32)

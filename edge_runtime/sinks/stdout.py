@@ -38,7 +38,7 @@ class StdoutSink(Sink):
         self.dropped = 0
         self._stats = stats
         self._stop = stop
-        self._pending: deque[str] = deque()
+        self._pending: deque[dict] = deque()   # serialised in the writer thread, off the inference loop
         self._cond = threading.Condition()
         self._closing = False
         self._broken = False
@@ -52,11 +52,11 @@ class StdoutSink(Sink):
                     self._cond.wait()
                 if not self._pending:
                     return
-                batch = "".join(self._pending)
+                objs = list(self._pending)
                 self._pending.clear()
                 self._cond.notify_all()
             try:
-                self.stream.write(batch)
+                self.stream.write("".join(dumps(obj) + "\n" for obj in objs))
                 self.stream.flush()
             except (BrokenPipeError, ValueError, OSError):
                 with self._cond:
@@ -66,7 +66,6 @@ class StdoutSink(Sink):
                 return
 
     def _put(self, obj: dict) -> None:
-        line = dumps(obj) + "\n"
         with self._cond:
             if self._broken:
                 raise OutputClosed()
@@ -84,7 +83,7 @@ class StdoutSink(Sink):
                         self._cond.wait(0.1)
                     if self._broken:
                         raise OutputClosed()
-            self._pending.append(line)
+            self._pending.append(obj)
             self._cond.notify_all()
 
     def prediction(self, record, frame):
