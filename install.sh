@@ -512,6 +512,17 @@ sys.exit(pathlib.Path(edge_runtime.__file__).resolve().parent != pathlib.Path(sy
     else
         pip_in "$SRC_DIR/.venv" install --no-deps -e "$SRC_DIR"
     fi
+    # A first model to see the whole path work on a machine with nothing else: MobileNetV3-Small with
+    # untrained weights (the daemon says so loudly). Needs torch, which requirements-dev.txt brings.
+    if [[ -f $SRC_DIR/models/mobilenetv3_small.onnx ]]; then
+        note "model: $SRC_DIR/models/mobilenetv3_small.onnx is there (delete it to export a fresh one)"
+    elif [[ $DRY_RUN == 1 ]] || "$SRC_DIR/.venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+        say "exporting a demo model (untrained weights): models/mobilenetv3_small.onnx"
+        run "$SRC_DIR/.venv/bin/python" "$SRC_DIR/models/export.py" --arch small --weights random \
+            --output "$SRC_DIR/models/mobilenetv3_small.onnx"
+    else
+        note "no torch in .venv: skipping the demo model (python models/export.py makes one)"
+    fi
     say "done. Activate it with:  source .venv/bin/activate    Tests:  python -m pytest"
 }
 
