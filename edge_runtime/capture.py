@@ -1,9 +1,11 @@
-"""The capture thread: source -> preprocess -> handoff to the inference loop.
+"""The capture thread: source -> newest frame (live) or next frame (files) for the inference loop.
 
-Capture and preprocessing run beside inference (onnxruntime releases the GIL), into a small pool
-of preallocated input tensors. Two handoff modes:
-- live sources: the newest frame wins. A prepared frame the inference loop has not taken yet is
-  replaced by a newer one and counted as dropped, so inference never works on a stale frame.
+Capture runs beside inference (OpenCV releases the GIL while it decodes or waits on a camera).
+Preprocessing happens in the inference loop, only for frames that are actually classified: on a
+live camera most frames are dropped, and preparing them would be wasted CPU (measured, see
+docs/BENCHMARKS.md). Two handoff modes:
+- live sources: the newest frame wins. A frame the inference loop has not taken yet is replaced
+  by a newer one and counted as dropped, so inference never works on a stale frame.
 - files, folders, unthrottled synthetic: a short blocking queue, every frame processed.
 
 A live source that fails is closed and reopened with exponential backoff; each loss and each
@@ -19,71 +21,47 @@ import time
 from collections import deque
 from typing import Callable
 
-import numpy as np
-
 from .errors import UserError
-from .preprocess import FrameError, Preprocessor
 from .sources import Frame, SkipFrame, Source, SourceLost
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
-POOL_SIZE = 3   # one in inference, one waiting, one being written
+QUEUE_DEPTH = 2   # frames read ahead for files: enough to overlap decoding with inference
 
 
 class Handoff:
-    """Prepared frames from the capture thread to the inference loop, with a tensor pool."""
+    """Frames from the capture thread to the inference loop."""
 
-    def __init__(self, buffers: list[np.ndarray], latest: bool, stats: Stats):
+    def __init__(self, latest: bool, stats: Stats, depth: int = QUEUE_DEPTH):
         self._cond = threading.Condition()
-        self._free = list(buffers)
-        self._items: deque[tuple[Frame, np.ndarray, float]] = deque()
+        self._items: deque[Frame] = deque()
         self.latest = latest
         self._stats = stats
-        self._depth = 1 if latest else len(buffers) - 1
+        self._depth = 1 if latest else depth
         self.finished = False
         self.error: BaseException | None = None
 
-    def acquire(self, stop: threading.Event) -> np.ndarray | None:
-        with self._cond:
-            while not self._free:
-                if self.latest and self._items:
-                    self._drop_oldest()
-                    continue
-                if stop.is_set():
-                    return None
-                self._cond.wait(0.1)
-            return self._free.pop()
-
-    def give_back(self, tensor: np.ndarray) -> None:
-        with self._cond:
-            self._free.append(tensor)
-            self._cond.notify_all()
-
-    def put(self, item: tuple[Frame, np.ndarray, float], stop: threading.Event) -> None:
+    def put(self, frame: Frame, stop: threading.Event) -> None:
         with self._cond:
             if self.latest:
                 while self._items:
-                    self._drop_oldest()
+                    self._items.popleft()
+                    self._stats.add("frames_dropped")
             else:
                 while len(self._items) >= self._depth and not stop.is_set():
                     self._cond.wait(0.1)
-            self._items.append(item)
+            self._items.append(frame)
             self._cond.notify_all()
 
-    def _drop_oldest(self) -> None:
-        _, tensor, _ = self._items.popleft()
-        self._free.append(tensor)
-        self._stats.add("frames_dropped")
-
-    def get(self, timeout: float) -> tuple[Frame, np.ndarray, float] | None:
+    def get(self, timeout: float) -> Frame | None:
         with self._cond:
             if not self._items and not self.finished:
                 self._cond.wait(timeout)
             if self._items:
-                item = self._items.popleft()
+                frame = self._items.popleft()
                 self._cond.notify_all()
-                return item
+                return frame
             return None
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -97,13 +75,47 @@ class Handoff:
             return self.finished and not self._items
 
 
+class InlineReader:
+    """Files, folders and unthrottled synthetic sources read in the inference loop itself.
+
+    On a 2-core board onnxruntime's threads already use both cores; a reader thread only adds
+    context switches and contention (measured: the threaded reader was slower, docs/BENCHMARKS.md).
+    Same interface as Handoff."""
+
+    def __init__(self, make_source: Callable[[], Source], stats: Stats):
+        self.source = make_source()
+        self.stats = stats
+        self.finished = False
+        self.error: BaseException | None = None
+        self.source.open()
+
+    def get(self, timeout: float) -> Frame | None:
+        if self.finished:
+            return None
+        try:
+            frame = self.source.read()
+        except SkipFrame as exc:
+            warn_skipped(self.stats, str(exc))
+            return None
+        if frame is None:
+            self.finished = True
+            return None
+        self.stats.captured()
+        return frame
+
+    def drained(self) -> bool:
+        return self.finished
+
+    def close(self) -> None:
+        self.source.close()
+
+
 class CaptureThread(threading.Thread):
-    def __init__(self, make_source: Callable[[], Source], preprocessor: Preprocessor, handoff: Handoff,
+    def __init__(self, make_source: Callable[[], Source], handoff: Handoff,
                  stats: Stats, stop: threading.Event, *, reconnect_initial: float = 0.5,
                  reconnect_max: float = 30.0, generation: int = 0):
         super().__init__(name=f"capture-{generation}", daemon=True)
         self.make_source = make_source
-        self.pre = preprocessor
         self.handoff = handoff
         self.stats = stats
         self.stop_event = stop
@@ -114,7 +126,6 @@ class CaptureThread(threading.Thread):
         self.connected = False
         self.lost_since: float | None = None
         self.lost_reason = ""
-        self._warned_frames = 0
 
     def _should_stop(self) -> bool:
         return self.stop_event.is_set() or self.abandoned.is_set()
@@ -183,18 +194,7 @@ class CaptureThread(threading.Thread):
                 return
             self.last_frame_mono = time.perf_counter()
             self.stats.captured()
-            tensor = self.handoff.acquire(self.stop_event)
-            if tensor is None:
-                return
-            t0 = time.perf_counter()
-            try:
-                self.pre(frame.image, tensor)
-            except FrameError as exc:
-                self.handoff.give_back(tensor)
-                self._skip(f"frame {frame.index}: {exc}")
-                continue
-            pre_ms = (time.perf_counter() - t0) * 1000.0
-            self.handoff.put((frame, tensor, pre_ms), self.stop_event)
+            self.handoff.put(frame, self.stop_event)
 
     def _mark_recovered(self, source: Source) -> None:
         if self.lost_since is not None:
@@ -205,8 +205,13 @@ class CaptureThread(threading.Thread):
         self.last_frame_mono = time.perf_counter()
 
     def _skip(self, message: str) -> None:
-        self.stats.add("frames_skipped")
-        self._warned_frames += 1
-        # Warn for the first few, then every 100th: a folder of 10 000 broken files must not flood the journal.
-        if self._warned_frames <= 5 or self._warned_frames % 100 == 0:
-            log.warning("skipped: %s (%d skipped so far)", message, self._warned_frames)
+        warn_skipped(self.stats, message)
+
+
+def warn_skipped(stats: Stats, message: str) -> None:
+    """Count a skipped frame; warn for the first few, then every 100th (a folder of 10 000 broken
+    files must not flood the journal)."""
+    stats.add("frames_skipped")
+    n = stats.frames_skipped
+    if n <= 5 or n % 100 == 0:
+        log.warning("skipped: %s (%d skipped so far)", message, n)

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .capture import POOL_SIZE, CaptureThread, Handoff
+from .capture import CaptureThread, Handoff, InlineReader, warn_skipped
 from .engine import Engine
 from .notify import Notifier
 from .postprocess import Postprocessor
-from .preprocess import Preprocessor
+from .preprocess import FrameError, Preprocessor
 from .sinks import OutputClosed, Sink
-from .sources import Source
+from .sources import Frame, Source
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class PipelineOptions:
     stall_timeout: float = 10.0
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
+    inline_reader: bool = True      # read files/folders in the inference loop instead of a thread
 
 
 class Pipeline:
@@ -51,7 +52,9 @@ class Pipeline:
         probe = make_source()
         self.live = probe.live
         self.source_uri = probe.uri
-        self.handoff = Handoff([self.pre.new_buffer() for _ in range(POOL_SIZE)], self.live, self.stats)
+        self.tensor = self.pre.new_buffer()     # one input tensor, reused for every frame
+        self.inline = not self.live and options.inline_reader
+        self.handoff: Handoff | InlineReader = Handoff(self.live, self.stats)
         self._generation = 0
         self.capture: CaptureThread | None = None
         self.last_record: dict | None = None
@@ -62,7 +65,7 @@ class Pipeline:
 
     def _start_capture(self) -> None:
         self._generation += 1
-        self.capture = CaptureThread(self.make_source, self.pre, self.handoff, self.stats, self.stop,
+        self.capture = CaptureThread(self.make_source, self.handoff, self.stats, self.stop,
                                      reconnect_initial=self.options.reconnect_initial,
                                      reconnect_max=self.options.reconnect_max, generation=self._generation)
         self.capture.start()
@@ -92,40 +95,24 @@ class Pipeline:
     def run(self) -> int:
         """Run until the source ends, max_frames, a stop signal or a closed output. Returns frames processed."""
         opts = self.options
-        self._start_capture()
+        if self.inline:
+            self.handoff = InlineReader(self.make_source, self.stats)
+        else:
+            self._start_capture()
         next_stats = time.perf_counter() + opts.stats_interval
         ready = False
         processed = 0
         try:
             while not self.stop.is_set():
-                item = self.handoff.get(timeout=0.25)
+                frame = self.handoff.get(timeout=0.25)
                 now = time.perf_counter()
-                if item is None:
+                if frame is None:
                     if self.handoff.drained():
                         if self.handoff.error is not None:
                             raise self.handoff.error
                         break
                     self._check_stall()
-                else:
-                    frame, tensor, pre_ms = item
-                    t0 = time.perf_counter()
-                    output = self.engine.run(tensor)
-                    t1 = time.perf_counter()
-                    self.handoff.give_back(tensor)
-                    top = self.post.top(output)
-                    inf_ms = (t1 - t0) * 1000.0
-                    total_ms = (time.perf_counter() - frame.mono) * 1000.0
-                    record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6),
-                              "source": self.source_uri, "top": top,
-                              "latency_ms": {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3),
-                                             "total": round(total_ms, 3)}}
-                    if frame.path is not None:
-                        record["path"] = frame.path
-                    self.stats.processed(pre_ms, inf_ms, total_ms)
-                    self.last_record = record
-                    self.last_processed_mono = now
-                    for sink in self.sinks:
-                        sink.prediction(record, frame)
+                elif self._process(frame, now):
                     processed += 1
                     if not ready:
                         ready = True
@@ -148,7 +135,42 @@ class Pipeline:
             if self.capture is not None:
                 # Let it close the source: native capture code still running at interpreter exit aborts.
                 self.capture.join(timeout=1.5)
+            if isinstance(self.handoff, InlineReader):
+                self.handoff.close()
         return processed
+
+    def _process(self, frame: Frame, now: float) -> bool:
+        """preprocess → inference → postprocess → sinks for one frame; False if the frame was unusable."""
+        t0 = time.perf_counter()
+        try:
+            tensor = self.pre(frame.image, self.tensor)
+        except FrameError as exc:
+            warn_skipped(self.stats, f"frame {frame.index}: {exc}")
+            return False
+        t1 = time.perf_counter()
+        output = self.engine.run(tensor)
+        t2 = time.perf_counter()
+        top = self.post.top(output)
+        pre_ms = (t1 - t0) * 1000.0
+        inf_ms = (t2 - t1) * 1000.0
+        total_ms = (time.perf_counter() - frame.mono) * 1000.0
+        record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6),
+                  "source": self.source_uri, "top": top,
+                  "latency_ms": {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3),
+                                 "total": round(total_ms, 3)}}
+        if frame.path is not None:
+            record["path"] = frame.path
+        self.stats.processed(pre_ms, inf_ms, total_ms)
+        self.last_record = record
+        self.last_processed_mono = now
+        for sink in self.sinks:
+            sink.prediction(record, frame)
+        return True
+
+    def source_connected(self) -> bool:
+        if self.inline:
+            return isinstance(self.handoff, InlineReader) and not self.handoff.finished
+        return bool(self.capture is not None and self.capture.connected)
 
     def health(self, unhealthy_after: float = 30.0) -> dict:
         """For /healthz: healthy while frames flow; the reason when the source is lost or frames
@@ -176,7 +198,7 @@ class Pipeline:
             elif age is None:
                 status = "starting"
         return {"healthy": reason is None, "status": status, "reason": reason,
-                "source_connected": bool(cap is not None and cap.connected),
+                "source_connected": self.source_connected(),
                 "last_frame_age_s": None if age is None else round(age, 3),
                 "source_lost_for_s": None if lost_for is None else round(lost_for, 3),
                 "frames_processed": self.stats.frames_processed}

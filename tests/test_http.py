@@ -524,6 +524,7 @@ def test_pipeline_health_states():
     cap = SimpleNamespace(connected=True, lost_since=None, lost_reason="")
     p = SimpleNamespace(capture=cap, last_processed_mono=None, started_mono=now, error=None,
                         stop=threading.Event(), stats=Stats())
+    p.source_connected = lambda: cap.connected
 
     def health():
         return Pipeline.health(p, 30.0)

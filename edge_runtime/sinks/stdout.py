@@ -42,8 +42,12 @@ class StdoutSink(Sink):
         self._cond = threading.Condition()
         self._closing = False
         self._broken = False
-        self._thread = threading.Thread(target=self._writer, name="stdout-writer", daemon=True)
-        self._thread.start()
+        # Files and folders write in the caller: backpressure is what they want, and a writer thread
+        # would cost a thread wake-up per frame. Live sources must never wait on a reader.
+        self._thread: threading.Thread | None = None
+        if live:
+            self._thread = threading.Thread(target=self._writer, name="stdout-writer", daemon=True)
+            self._thread.start()
 
     def _writer(self) -> None:
         while True:
@@ -66,6 +70,14 @@ class StdoutSink(Sink):
                 return
 
     def _put(self, obj: dict) -> None:
+        if self._thread is None:
+            try:
+                self.stream.write(dumps(obj) + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._broken = True
+                raise OutputClosed() from None
+            return
         with self._cond:
             if self._broken:
                 raise OutputClosed()
@@ -95,6 +107,10 @@ class StdoutSink(Sink):
 
     def close(self) -> None:
         """Write what is pending (give up after a few seconds if nobody reads), then stop the writer."""
+        if self._thread is None:
+            if self._broken:
+                raise OutputClosed()
+            return
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -105,4 +121,4 @@ class StdoutSink(Sink):
     @property
     def stuck(self) -> bool:
         """The reader stopped reading: the writer is still blocked in write() after close()."""
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive()
