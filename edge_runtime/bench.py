@@ -127,6 +127,14 @@ def make_video(path: Path, width: int, height: int, frames: int = 300) -> Path:
     return path
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
 def daemon_run(model: str, threads: int, source: str, *extra: str, max_frames: int | None = None,
                out_dir: Path) -> dict:
     """The real daemon in a subprocess, predictions on stdout into a file; returns its own final stats
@@ -142,12 +150,17 @@ def daemon_run(model: str, threads: int, source: str, *extra: str, max_frames: i
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env)
         first = None
-        while proc.poll() is None and first is None:
-            if out.stat().st_size > 0:
-                first = time.perf_counter() - t0
+        peak_kb = 0
+        while True:
+            # WNOHANG keeps the child's own rusage for us; VmHWM is its true peak RSS (ru_maxrss of a
+            # forked child starts at the parent's RSS, so it would report ours).
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
                 break
-            time.sleep(0.002)
-        _, status, usage = os.wait4(proc.pid, 0)
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            if first is None and out.stat().st_size > 0:
+                first = time.perf_counter() - t0
+            time.sleep(0.002 if first is None else 0.05)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -161,7 +174,7 @@ def daemon_run(model: str, threads: int, source: str, *extra: str, max_frames: i
     return {
         "source": source, "fps": final["fps"]["inference"], "frames": final["frames_processed"],
         "dropped": final["frames_dropped"], "rss_mb_final": final["rss_mb"],
-        "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": round(peak_kb / 1024.0, 1),
         "cpu_cores_used": round((usage.ru_utime + usage.ru_stime) / wall, 2),
         "first_prediction_s": round(first, 3) if first is not None else None,
         "latency_ms": final["latency_ms"],
