@@ -14,6 +14,11 @@ from . import __version__
 from . import config as config_mod
 from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError
 
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
 log = logging.getLogger("edge_runtime")
 
 # Flag dest -> config key path, so a bad flag value is reported under the flag's own name.
@@ -208,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK
+    except (ImportError, MemoryError) as exc:
+        # A broken install or a memory limit (MemoryMax=, ulimit -v) too low to map the libraries.
+        log.error("cannot load a library: %s: %s (broken install, or a memory limit too low?)",
+                  type(exc).__name__, first_line(exc))
+        return EXIT_UNEXPECTED
     except Exception:
         log.exception("unexpected error (please report it with this traceback)")
         return EXIT_UNEXPECTED

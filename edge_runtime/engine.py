@@ -46,6 +46,11 @@ class Engine:
                  config_file: str | None = None, config_dir: Path | None = None):
         import onnxruntime as ort
 
+        # onnxruntime 1.2x+ tries to persist a telemetry device id; on a read-only system (the unit's
+        # ProtectSystem=strict) that is a warning in the journal on every start. We want neither.
+        if hasattr(ort, "disable_telemetry_events"):
+            ort.disable_telemetry_events()
+        ort.set_default_logger_severity(3)   # errors only: its warnings are noise in the journal
         self.path = model_path
         self.threads = threads or os.cpu_count() or 1
         path = Path(model_path)

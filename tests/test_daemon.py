@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -198,3 +200,21 @@ def test_sigterm_during_startup(tiny_model):
     assert time.monotonic() - t0 < 2.0
     assert proc.returncode == 0, err
     assert out.strip().splitlines()[-1].startswith('{"type":"stats"') and "Traceback" not in err
+
+
+def test_runs_under_a_memory_limit_and_a_read_only_filesystem(tiny_model, video_file):
+    """Fault 8: `ulimit -v` (address-space limit) and a root filesystem mounted read-only, as under the
+    unit's ProtectSystem=strict; the daemon writes nothing, so it must not care."""
+    limited = subprocess.run(["bash", "-c", f"ulimit -v 1500000 && exec {sys.executable} -m edge_runtime "
+                              f"--source {video_file} --model {tiny_model} --quiet-predictions"],
+                             capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO)
+    assert limited.returncode == 0, limited.stderr
+    assert '"frames_processed":30' in limited.stdout
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("the read-only part needs root and unshare (util-linux)")
+    script = (f"mount -o remount,bind,ro / && ! touch {REPO}/.rw-probe 2>/dev/null && "
+              f"exec {sys.executable} -m edge_runtime --source {video_file} --model {tiny_model} --quiet-predictions")
+    ro = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                        capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO)
+    assert ro.returncode == 0, ro.stderr
+    assert '"frames_processed":30' in ro.stdout and "Traceback" not in ro.stderr
