@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,16 @@ def test_default_runtime_model_from_the_command_line(tmp_path, repo_root, onnx_m
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     logits = session.run(None, {"input": Preprocessor(spec.input)(frame)})[0]
     assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+    # ... and the daemon runs it with nothing else: no sidecar, no config.
+    daemon = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", "synthetic://640x480", "--model",
+                             str(out_path), "--max-frames", "5"], cwd=repo_root, capture_output=True, text=True,
+                            timeout=120)
+    assert daemon.returncode == 0, daemon.stderr
+    lines = [json.loads(line) for line in daemon.stdout.splitlines()]
+    predictions = [x for x in lines if x["type"] == "prediction"]
+    assert len(predictions) == 5 and lines[-1]["type"] == "stats"
+    assert all(t["label"] == spec.labels[t["index"]] for p in predictions for t in p["top"])
+    assert "(metadata)" in daemon.stderr and "UNTRAINED" in daemon.stderr
 
 
 def test_fused_preprocessing_takes_pixels_and_agrees(trained, tmp_path, run_model_tool, onnx_metadata, fixtures):
