@@ -1,8 +1,9 @@
 """The data path in one place: source → preprocess → engine → postprocess → sinks.
 
-Capture and preprocessing run in a capture thread (capture.py); this loop runs inference,
-postprocessing and publishing, sends the systemd notifications, and watches the capture thread
-for stalls.
+Live sources are captured in a thread that keeps only the newest frame (capture.py); files,
+folders and unthrottled synthetic sources are read here, in the loop. The loop preprocesses the
+frame into one reused tensor, runs inference, postprocesses and publishes, sends the systemd
+notifications, and watches the capture thread for stalls.
 """
 
 from __future__ import annotations
