@@ -2,8 +2,8 @@
 
     python tests/soak.py --minutes 30 [--model models/mobilenetv3_small.onnx] [--out docs/]
 
-Two daemons run one after the other for half the time each: on `synthetic://640x480` and on a
-looping 640x480 video file. Fails (exit 1) if, after the first minute, RSS grows more than 5 MB or
+Two daemons run side by side for the whole time: one on `synthetic://640x480`, one on a looping
+640x480 video file. Fails (exit 1) if, after the first minute, RSS grows more than 5 MB or
 the number of open fds grows at all. Writes soak.json and soak.png (drawn with OpenCV) to --out.
 Not part of the default test run.
 """
@@ -37,23 +37,33 @@ def sample(pid: int) -> tuple[float, int]:
     return rss_kb / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def soak_one(name: str, source: str, model: str, seconds: float, every: float, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "edge_runtime", "--source", source, "--model", model, "--stats-interval", "60",
-           "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+def soak(runs: dict[str, tuple[str, list[str]]], model: str, seconds: float, every: float) -> list[dict]:
+    """Start one daemon per run, sample them all every `every` seconds, stop them, summarise each."""
+    procs = {}
+    for name, (source, extra) in runs.items():
+        cmd = [sys.executable, "-m", "edge_runtime", "--source", source, "--model", model, "--stats-interval", "60",
+               "--log-level", "warning", *extra]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     t0 = time.monotonic()
-    points = []
+    points: dict[str, list] = {name: [] for name in runs}
     try:
         while time.monotonic() - t0 < seconds:
             time.sleep(every)
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name}: daemon exited {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
-            rss, fds = sample(proc.pid)
-            points.append((round(time.monotonic() - t0, 1), round(rss, 2), fds))
-            print(f"{name}: t={points[-1][0]:7.1f}s rss={rss:7.2f} MB fds={fds}", flush=True)
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name}: daemon exited {proc.returncode}: "
+                                       f"{proc.stderr.read().decode()[-500:]}")
+                rss, fds = sample(proc.pid)
+                points[name].append((round(time.monotonic() - t0, 1), round(rss, 2), fds))
+                print(f"{name}: t={points[name][-1][0]:7.1f}s rss={rss:7.2f} MB fds={fds}", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=10)
+    return [summarise(name, runs[name][0], pts) for name, pts in points.items()]
+
+
+def summarise(name: str, source: str, points: list) -> dict:
     after = [p for p in points if p[0] >= WARMUP_S] or points
     base_rss, base_fds = after[0][1], after[0][2]
     growth = max(p[1] for p in after) - base_rss
@@ -90,16 +100,15 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=30.0, help="total minutes (split between the two sources)")
+    ap.add_argument("--minutes", type=float, default=30.0, help="minutes to run both daemons")
     ap.add_argument("--model", default=str(REPO / "models" / "mobilenetv3_small.onnx"))
     ap.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--out", default=str(REPO / "docs"))
     args = ap.parse_args()
-    half = args.minutes * 60 / 2
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "soak.avi", 640, 480)
-        results = [soak_one("synthetic", "synthetic://640x480", args.model, half, args.every, []),
-                   soak_one("video-loop", str(video), args.model, half, args.every, ["--loop"])]
+        results = soak({"synthetic": ("synthetic://640x480", []), "video-loop": (str(video), ["--loop"])},
+                       args.model, args.minutes * 60, args.every)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps({"minutes": args.minutes, "model": args.model,
