@@ -21,7 +21,7 @@
 #                       the file is bookworm-arm64-root.tar.zst, about 170 MB; delete it to rebuild)
 #   EDGE_ARM64_WORK     scratch folder for the unpacked root (default: a new /var/tmp/edge-arm64.*)
 #   EDGE_ARM64_KEEP=1   keep the scratch root afterwards (for poking at it with chroot)
-#   EDGE_ARM64_MIRROR   Debian mirror for debootstrap (default http://deb.debian.org/debian)
+#   EDGE_ARM64_MIRROR   Debian mirror for debootstrap (default: debootstrap's own default mirror)
 #   EDGE_ARM64_PYTHON   host Python with the `onnx` package, to generate the test model
 #                       (default: the repo's .venv/bin/python, else python3)
 #   QEMU_CPU            emulated CPU (default cortex-a76, a Pi 5; cortex-a72 is a Pi 4 / RK3399)
@@ -37,7 +37,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${EDGE_ARM64_CACHE:-/var/cache/edge-runtime-arm64}
 TARBALL=$CACHE/bookworm-arm64-root.tar.zst
-MIRROR=${EDGE_ARM64_MIRROR:-http://deb.debian.org/debian}
+MIRROR=${EDGE_ARM64_MIRROR:-}
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates,systemd
 export QEMU_CPU=${QEMU_CPU:-cortex-a76}
 
@@ -104,7 +104,7 @@ if [[ -f $TARBALL ]]; then
     phase_done "restore"
 else
     log "no cached root at $TARBALL: debootstrap bookworm arm64 (minbase + $PACKAGES), several minutes"
-    debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" bookworm "$ROOT" "$MIRROR" \
+    debootstrap --arch=arm64 --variant=minbase --include="$PACKAGES" bookworm "$ROOT" ${MIRROR:+"$MIRROR"} \
         >"$WORK/debootstrap.log" 2>&1 || { tail -30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
     rm -rf "$ROOT"/var/cache/apt/archives/*.deb
     phase_done "debootstrap"
