@@ -176,7 +176,7 @@ class CaptureThread(threading.Thread):
             try:
                 frame = source.read()
             except SkipFrame as exc:
-                self._skip(str(exc))
+                warn_skipped(self.stats, str(exc))
                 continue
             except SourceLost as exc:
                 self.connected = False
@@ -204,8 +204,6 @@ class CaptureThread(threading.Thread):
             self.lost_since = None
         self.last_frame_mono = time.perf_counter()
 
-    def _skip(self, message: str) -> None:
-        warn_skipped(self.stats, message)
 
 
 def warn_skipped(stats: Stats, message: str) -> None:

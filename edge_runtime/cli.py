@@ -12,12 +12,7 @@ import time
 
 from . import __version__
 from . import config as config_mod
-from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
+from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
 
 log = logging.getLogger("edge_runtime")
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import model_spec as ms
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,8 @@ def session_options(threads: int):
     return opts
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
+def ort_message(exc: BaseException) -> str:
+    line = first_line(exc)
     # onnxruntime prefixes "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : " — keep the useful tail.
     return line.split(" : ")[-1].strip() or line
 
@@ -64,7 +63,7 @@ class Engine:
             self.session = ort.InferenceSession(str(path), sess_options=session_options(self.threads),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelError(model_path, f"onnxruntime cannot load it: {first_line(exc)}") from None
+            raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
         meta = self.session.get_modelmeta()
         props = dict(meta.custom_metadata_map or {})
         try:

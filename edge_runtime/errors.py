@@ -35,3 +35,9 @@ class ModelError(UserError):
 
 class SourceError(UserError):
     """A source could not be opened at all (as opposed to a live source that glitches)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: what a one-line error report needs."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,3 @@ def resolve(model_path: str, metadata: dict[str, str], config_doc: Any | None,
                              base_dir=config_dir, file=config_file)
     return default_spec()
 
-
-def with_labels(spec: ModelSpec, labels: tuple[str, ...]) -> ModelSpec:
-    return replace(spec, labels=labels)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from .capture import CaptureThread, Handoff, InlineReader, warn_skipped
 from .engine import Engine
+from .errors import first_line
 from .notify import Notifier
 from .postprocess import Postprocessor
 from .preprocess import FrameError, Preprocessor
@@ -183,7 +184,7 @@ class Pipeline:
         lost_for = None if cap is None or cap.lost_since is None else now - cap.lost_since
         status, reason = "ok", None
         if self.error is not None:
-            first = (str(self.error).strip().splitlines() or [""])[0]
+            first = first_line(self.error)
             status, reason = "error", f"the pipeline stopped with an error: {type(self.error).__name__}: {first}"
         elif self.stop.is_set():
             status, reason = "stopped", "the pipeline has stopped"
