@@ -1,7 +1,7 @@
 """The capture thread: source -> newest frame (live) or next frame (files) for the inference loop.
 
 Capture runs beside inference (OpenCV releases the GIL while it decodes or waits on a camera).
-Preprocessing happens in the inference loop, only for frames that are actually classified: on a
+Preprocessing happens in the lanes (pipeline.py), only for frames that are actually classified: on a
 live camera most frames are dropped, and preparing them would be wasted CPU (measured, see
 docs/BENCHMARKS.md). Two handoff modes:
 - live sources: the newest frame wins. A frame the inference loop has not taken yet is replaced
@@ -31,7 +31,7 @@ QUEUE_DEPTH = 2   # frames read ahead for files: enough to overlap decoding with
 
 
 class Handoff:
-    """Frames from the capture thread to the inference loop."""
+    """Frames from the capture thread to the lanes."""
 
     def __init__(self, latest: bool, stats: Stats, depth: int = QUEUE_DEPTH):
         self._cond = threading.Condition()
@@ -76,7 +76,7 @@ class Handoff:
 
 
 class InlineReader:
-    """Files, folders and unthrottled synthetic sources read in the inference loop itself.
+    """Files, folders and unthrottled synthetic sources, read by the lanes themselves (one at a time).
 
     On a 2-core board onnxruntime's threads already use both cores; a reader thread only adds
     context switches and contention (measured: the threaded reader was slower, docs/BENCHMARKS.md).

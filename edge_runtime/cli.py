@@ -19,7 +19,7 @@ log = logging.getLogger("edge_runtime")
 # Flag dest -> config key path, so a bad flag value is reported under the flag's own name.
 FLAG_KEYS = {
     "source": ("source", "--source"), "camera": ("camera", "--camera"), "model": ("model", "--model"),
-    "threads": ("threads", "--threads"), "top_k": ("top_k", "--top-k"),
+    "threads": ("threads", "--threads"), "lanes": ("lanes", "--lanes"), "top_k": ("top_k", "--top-k"),
     "max_frames": ("max_frames", "--max-frames"), "stats_interval": ("stats_interval", "--stats-interval"),
     "loop": ("loop", "--loop"), "realtime": ("realtime", "--realtime"),
     "quiet_predictions": ("quiet_predictions", "--quiet-predictions"),
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help=f"ONNX model (default {config_mod.DEFAULT_MODEL})")
     p.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--lanes", type=int, metavar="N",
+                   help="sessions working on successive frames side by side, the threads split between them "
+                        "(default: 2 for files/folders/unthrottled synthetic, 1 for live sources)")
     p.add_argument("--top-k", type=int, metavar="K", help="labels per prediction (default 5)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 5)")
@@ -130,7 +133,15 @@ def run_daemon(args: argparse.Namespace) -> int:
         raise UserError(f"model {cfg.model}: file not found. Make one with `python models/export.py --arch small "
                         f"--weights random --output {cfg.model}` (untrained; see models/README.md for "
                         "trained weights) or point --model at your .onnx file")
-    engine = Engine(cfg.model, cfg.threads, config_spec=cfg.model_spec, config_file=args.config,
+    try:
+        live = open_source(uri, SourceOptions(loop=cfg.loop, realtime=cfg.realtime)).live
+    except UserError:
+        live = True     # a bad source string is reported below, after the model's own checks
+    threads = cfg.threads or os.cpu_count() or 1
+    lanes = lane_count(cfg.lanes, live, threads)
+    # Each lane's session is made with its share of the threads from the start: a session made
+    # and thrown away would leave ~15 MB behind in the allocator (measured).
+    engine = Engine(cfg.model, max(1, threads // lanes), config_spec=cfg.model_spec, config_file=args.config,
                     config_dir=config_mod.config_dir(args.config))
     spec = engine.spec.input
     source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
@@ -148,7 +159,12 @@ def run_daemon(args: argparse.Namespace) -> int:
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
-    engine.warm_up()
+    engines = [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
+    for e in engines:
+        e.warm_up()
+    if lanes > 1:
+        log.info("%d lanes of %d thread(s): frames classified side by side, published in order",
+                 lanes, engines[0].threads)
 
     stats = Stats()
     stdout_sink = StdoutSink(predictions=not cfg.quiet_predictions, live=probe.live, stats=stats, stop=stop)
@@ -165,7 +181,7 @@ def run_daemon(args: argparse.Namespace) -> int:
                               stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay)
-    pipeline = Pipeline(lambda: open_source(uri, source_options), engine, sinks, options, stop=stop,
+    pipeline = Pipeline(lambda: open_source(uri, source_options), engines, sinks, options, stop=stop,
                         notifier=Notifier(), stats=stats)
     if http_sink is not None:
         http_sink.attach(pipeline)
@@ -181,6 +197,15 @@ def run_daemon(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(EXIT_OK)
     return EXIT_OK
+
+
+def lane_count(configured: int, live: bool, threads: int) -> int:
+    """Lanes to run. Auto (0): a file, folder or unthrottled synthetic source is about throughput, so
+    two single-thread lanes overlap one frame's Python work with the other's inference (measured,
+    docs/BENCHMARKS.md); a live source is about latency on the newest frame: one lane, all threads."""
+    if configured:
+        return configured
+    return 1 if live or threads < 2 else 2
 
 
 def _silence_stdout() -> None:

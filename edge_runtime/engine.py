@@ -45,6 +45,8 @@ class Engine:
                  config_file: str | None = None, config_dir: Path | None = None):
         import onnxruntime as ort
 
+        self._init_args = (model_path, dict(config_spec=config_spec, config_file=config_file,
+                                            config_dir=config_dir))
         # onnxruntime 1.2x+ tries to persist a telemetry device id; on a read-only system (the unit's
         # ProtectSystem=strict) that is a warning in the journal on every start. We want neither.
         if hasattr(ort, "disable_telemetry_events"):
@@ -128,6 +130,11 @@ class Engine:
 
     def input_dtype(self):
         return np.float32 if self.spec.input.dtype == "float32" else np.uint8
+
+    def sibling(self, threads: int) -> "Engine":
+        """Another session on the same model and description, with its own thread count (a lane)."""
+        path, kwargs = self._init_args
+        return Engine(path, threads, **kwargs)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         return self.session.run([self.output.name], {self.input.name: tensor})[0].reshape(-1)

@@ -43,6 +43,7 @@ class Notifier:
         self._failed = False
         self._last_ping = float("-inf")
         self._lock = threading.Lock()
+        self._stopping = False
 
     # -- the API the daemon calls -------------------------------------------------------------
 
@@ -60,7 +61,7 @@ class Notifier:
         if now - self._last_ping < self.watchdog_interval:
             return
         self._last_ping = now
-        self._send("WATCHDOG=1")
+        self._send("WATCHDOG=1", unless_stopping=True)
 
     def status(self, text: str) -> None:
         """STATUS=text: shown by `systemctl status`."""
@@ -70,13 +71,14 @@ class Notifier:
     def stopping(self) -> None:
         """STOPPING=1: shutdown has begun."""
         if self.enabled:
+            self._stopping = True    # a lane finishing its last frame must not ping after this
             self._send("STOPPING=1")
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _send(self, message: str) -> None:
+    def _send(self, message: str, unless_stopping: bool = False) -> None:
         with self._lock:
-            if self._failed:
+            if self._failed or (unless_stopping and self._stopping):
                 return
             try:
                 if self._socket is None:

@@ -1,9 +1,17 @@
 """The data path in one place: source → preprocess → engine → postprocess → sinks.
 
 Live sources are captured in a thread that keeps only the newest frame (capture.py); files,
-folders and unthrottled synthetic sources are read here, in the loop. The loop preprocesses the
-frame into one reused tensor, runs inference, postprocesses and publishes, sends the systemd
-notifications, and watches the capture thread for stalls.
+folders and unthrottled synthetic sources are read by the lanes themselves.
+
+A lane is one onnxruntime session with its own input tensor, run by its own thread: it takes the
+next frame, preprocesses it into its tensor, runs inference and postprocesses. With two lanes of
+one thread each, one frame's Python work (reading, preprocessing, publishing) runs while the other
+frame is in inference, so the cores do not sit idle between session.run calls (measured,
+docs/BENCHMARKS.md). Predictions still reach the sinks strictly in frame order: a finished frame
+waits in a small reorder buffer for any earlier frame still in flight. Live sources default to
+one lane with all threads (lowest latency on the newest frame).
+
+The main thread supervises: stats lines, stall detection of the capture thread, shutdown.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from .capture import CaptureThread, Handoff, InlineReader, warn_skipped
 from .engine import Engine
@@ -38,23 +46,32 @@ class PipelineOptions:
     inline_reader: bool = True      # read files/folders in the inference loop instead of a thread
 
 
+class Lane:
+    """One session, its own preprocessing buffer and postprocessor."""
+
+    def __init__(self, engine: Engine, top_k: int):
+        self.engine = engine
+        self.pre = Preprocessor(engine.spec.input)
+        self.post = Postprocessor(engine.spec, top_k)
+        self.tensor = self.pre.new_buffer()     # reused for every frame this lane takes
+
+
 class Pipeline:
-    def __init__(self, make_source: Callable[[], Source], engine: Engine, sinks: list[Sink],
+    def __init__(self, make_source: Callable[[], Source], engine: Engine | Sequence[Engine], sinks: list[Sink],
                  options: PipelineOptions, stop: threading.Event | None = None,
                  notifier: Notifier | None = None, stats: Stats | None = None):
+        engines = [engine] if isinstance(engine, Engine) else list(engine)
         self.make_source = make_source
-        self.engine = engine
+        self.engine = engines[0]
+        self.lanes = [Lane(e, options.top_k) for e in engines]
         self.sinks = sinks
         self.options = options
         self.stop = stop or threading.Event()
         self.notifier = notifier or Notifier({})
         self.stats = stats or Stats()
-        self.pre = Preprocessor(engine.spec.input)
-        self.post = Postprocessor(engine.spec, options.top_k)
         probe = make_source()
         self.live = probe.live
         self.source_uri = probe.uri
-        self.tensor = self.pre.new_buffer()     # one input tensor, reused for every frame
         self.inline = not self.live and options.inline_reader
         self.handoff: Handoff | InlineReader = Handoff(self.live, self.stats)
         self._generation = 0
@@ -64,6 +81,15 @@ class Pipeline:
         self.started_mono = time.perf_counter()
         self.error: BaseException | None = None
         self.output_closed = False
+        self.processed = 0
+        self._read_lock = threading.Lock()      # one lane reads the source at a time
+        self._publish_lock = threading.Condition()   # sinks are called by one lane at a time
+        self._next_seq = 0                      # order of frames as read
+        self._pending: dict[int, tuple | None] = {}  # finished frames waiting for an earlier one
+        self._next_publish = 0                  # the frame the sinks get next
+        self._done = threading.Event()          # source ended or max_frames reached: lanes finish up
+        self._failure: BaseException | None = None
+        self._ready = False
 
     def _start_capture(self) -> None:
         self._generation += 1
@@ -101,30 +127,23 @@ class Pipeline:
             self.handoff = InlineReader(self.make_source, self.stats)
         else:
             self._start_capture()
+        threads = [threading.Thread(target=self._lane_loop, args=(lane,), name=f"lane-{i}", daemon=True)
+                   for i, lane in enumerate(self.lanes)]
         next_stats = time.perf_counter() + opts.stats_interval
-        ready = False
-        processed = 0
         try:
-            while not self.stop.is_set():
-                frame = self.handoff.get(timeout=0.25)
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                self.stop.wait(0.1)
+                if self.stop.is_set():
+                    break
+                self._check_stall()
                 now = time.perf_counter()
-                if frame is None:
-                    if self.handoff.drained():
-                        if self.handoff.error is not None:
-                            raise self.handoff.error
-                        break
-                    self._check_stall()
-                elif self._process(frame, now):
-                    processed += 1
-                    if not ready:
-                        ready = True
-                        self.notifier.ready(f"running on {self.source_uri}")
-                    if opts.max_frames is not None and processed >= opts.max_frames:
-                        break
-                self.notifier.watchdog()
                 if now >= next_stats:
                     next_stats = now + opts.stats_interval
-                    self._publish_stats()
+                    with self._publish_lock:
+                        self._publish_stats()
+            self._raise_failure()
         except OutputClosed:
             log.info("output closed by its reader; stopping")
             self.output_closed = True
@@ -134,28 +153,86 @@ class Pipeline:
         finally:
             self.stop.set()
             self.notifier.stopping()
+            for t in threads:
+                # A lane finishes the frame in flight; SIGTERM must still exit within 2 s.
+                t.join(timeout=1.5 / len(threads))
             if self.capture is not None:
                 # Let it close the source: native capture code still running at interpreter exit aborts.
                 self.capture.join(timeout=1.5)
-            if isinstance(self.handoff, InlineReader):
-                self.handoff.close()
-        return processed
+            if isinstance(self.handoff, InlineReader) and self._read_lock.acquire(timeout=1.0):
+                try:
+                    self.handoff.close()
+                finally:
+                    self._read_lock.release()
+        return self.processed
 
-    def _process(self, frame: Frame, now: float) -> bool:
-        """preprocess → inference → postprocess → sinks for one frame; False if the frame was unusable."""
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise failure
+
+    def _lane_loop(self, lane: Lane) -> None:
+        ahead = 2 * len(self.lanes)     # finished frames that may wait for a slow earlier one
+        try:
+            while not self.stop.is_set() and not self._done.is_set():
+                with self._publish_lock:
+                    while self._next_seq - self._next_publish >= ahead and not self.stop.is_set():
+                        self._publish_lock.wait(0.1)    # another lane is stuck: do not run away from it
+                with self._read_lock:
+                    if self._done.is_set():
+                        return
+                    frame = self.handoff.get(timeout=0.25)
+                    if frame is None:
+                        if self.handoff.drained():
+                            self._done.set()
+                            if self.handoff.error is not None:
+                                raise self.handoff.error
+                            return
+                        self.notifier.watchdog()    # waiting for a live source is healthy
+                        continue
+                    seq = self._next_seq
+                    self._next_seq += 1
+                self._process(lane, frame, seq)
+        except BaseException as exc:  # hand it to the main thread, stop the others
+            if self._failure is None:
+                self._failure = exc
+            self.stop.set()
+
+    def _process(self, lane: Lane, frame: Frame, seq: int) -> None:
+        """preprocess → inference → postprocess in this lane, then to the sinks in frame order."""
         t0 = time.perf_counter()
         try:
-            tensor = self.pre(frame.image, self.tensor)
+            tensor = lane.pre(frame.image, lane.tensor)
         except FrameError as exc:
             warn_skipped(self.stats, f"frame {frame.index}: {exc}")
-            return False
-        t1 = time.perf_counter()
-        output = self.engine.run(tensor)
-        t2 = time.perf_counter()
-        top = self.post.top(output)
-        pre_ms = (t1 - t0) * 1000.0
-        inf_ms = (t2 - t1) * 1000.0
-        total_ms = (time.perf_counter() - frame.mono) * 1000.0
+            result = None
+        else:
+            t1 = time.perf_counter()
+            output = lane.engine.run(tensor)
+            t2 = time.perf_counter()
+            result = (frame, lane.post.top(output), (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+        # A lane never waits for its turn: it leaves its result and goes on to the next frame; whoever
+        # finishes the oldest outstanding frame publishes everything that is now in order. (Waiting
+        # put the lanes in lockstep, their Python work colliding on the GIL: measured slower.)
+        with self._publish_lock:
+            self._pending[seq] = result
+            try:
+                while self._next_publish in self._pending:
+                    item = self._pending.pop(self._next_publish)
+                    self._next_publish += 1
+                    limit = self.options.max_frames
+                    if item is None or self.stop.is_set() or (limit is not None and self.processed >= limit):
+                        continue    # unusable frame, or stopped: after a stop only the final stats go out
+                    self._publish(*item)
+            except BaseException:
+                self.stop.set()     # nothing more reaches the sinks
+                raise
+            finally:
+                self._publish_lock.notify_all()
+
+    def _publish(self, frame: Frame, top: list, pre_ms: float, inf_ms: float) -> None:
+        now = time.perf_counter()
+        total_ms = (now - frame.mono) * 1000.0
         record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6),
                   "source": self.source_uri, "top": top,
                   "latency_ms": {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3),
@@ -165,9 +242,16 @@ class Pipeline:
         self.stats.processed(pre_ms, inf_ms, total_ms)
         self.last_record = record
         self.last_processed_mono = now
+        self.processed += 1
         for sink in self.sinks:
             sink.prediction(record, frame)
-        return True
+        if not self._ready:
+            self._ready = True
+            self.notifier.ready(f"running on {self.source_uri}")
+        self.notifier.watchdog()
+        limit = self.options.max_frames
+        if limit is not None and self.processed >= limit:
+            self._done.set()
 
     def source_connected(self) -> bool:
         if self.inline:

@@ -218,3 +218,33 @@ def test_runs_under_a_memory_limit_and_a_read_only_filesystem(tiny_model, video_
                         capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO)
     assert ro.returncode == 0, ro.stderr
     assert '"frames_processed":30' in ro.stdout and "Traceback" not in ro.stderr
+
+
+@pytest.mark.parametrize("lanes", ["1", "2", "3"])
+def test_lanes_publish_every_frame_once_in_order(channel_model, video_file, lanes):
+    # Lanes classify successive frames side by side; what the user sees must not change.
+    result = run_daemon("--source", video_file, "--model", channel_model, "--lanes", lanes, "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    assert [p["frame"] for p in result.predictions] == list(range(30))
+    assert [p["top"][0]["label"] for p in result.predictions] == ["red"] * 10 + ["green"] * 10 + ["blue"] * 10
+    assert result.stats[-1]["frames_processed"] == 30
+    assert (f"{lanes} lanes of 1 thread(s)" in result.stderr) == (lanes != "1")
+    capped = run_daemon("--source", video_file, "--model", channel_model, "--lanes", lanes, "--loop",
+                        "--max-frames", "47")
+    assert capped.returncode == 0, capped.stderr
+    assert [p["frame"] for p in capped.predictions] == list(range(47))      # indices run on across loops
+    assert capped.predictions[30]["top"][0]["label"] == "red"
+    assert capped.stats[-1]["frames_processed"] == 47
+
+
+def test_lanes_default_two_for_files_one_for_live(tiny_model, video_file):
+    from edge_runtime.cli import lane_count
+    assert lane_count(0, live=False, threads=4) == 2 and lane_count(0, live=False, threads=1) == 1
+    assert lane_count(0, live=True, threads=4) == 1 and lane_count(3, live=True, threads=4) == 3
+    files = run_daemon("--source", video_file, "--model", tiny_model, "--threads", "2", "--max-frames", "5")
+    assert "2 lanes of 1 thread(s)" in files.stderr and "2 thread(s)" not in files.stderr
+    live = run_daemon("--source", "synthetic://320x240?fps=30", "--model", tiny_model, "--threads", "2",
+                      "--max-frames", "5")
+    assert live.returncode == 0 and "lanes" not in live.stderr and "2 thread(s)" in live.stderr
+    bad = run_daemon("--source", video_file, "--model", tiny_model, "--lanes", "-1")
+    assert bad.returncode == 2 and "--lanes" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,32 @@
+"""`python -m edge_runtime bench` runs end to end and writes what it promises (speed is not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+
+from conftest import REPO, daemon_env
+
+
+def test_bench_writes_json_and_chart(tiny_model, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model),
+                           "--threads", "2", "--seconds", "0.3", "--frames", "60", "--repeats", "1",
+                           "--no-sweep", "--out", str(out)],
+                          cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert result["machine"]["cores"] >= 1 and result["lanes"] == 2
+    for name in ("synthetic", "video", "synthetic_one_lane", "video_one_lane"):
+        run = result["daemon"][name]
+        assert run["frames"] == 60 and run["prediction_lines"] == 60
+        assert run["ratio_vs_bare"] == round(run["fps"] / result["bare"]["fps"], 3) > 0
+    assert set(result["stages"]) == {"capture_synthetic", "capture_video", "preprocess", "inference",
+                                     "postprocess", "publish"}
+    assert result["daemon"]["live_30fps"]["total_latency_ms"]["p95_ms"] > 0
+    chart = cv2.imread(str(next(out.glob("bench-*.png"))))
+    assert chart is not None and chart.shape[1] >= 800
+    assert "daemon on synthetic (2 lanes)" in proc.stdout
