@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="640x480", help="synthetic/video frame size")
     ap.add_argument("--seconds", type=float, default=4.0, help="time per bare/stage measurement")
     ap.add_argument("--frames", type=int, default=1500, help="frames per daemon run")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds of bare + daemon runs (median ratio)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of bare + daemon runs; the ratio is best daemon round / best bare round")
     ap.add_argument("--no-sweep", action="store_true", help="skip the thread sweep")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
     args = ap.parse_args(argv)
@@ -281,25 +282,28 @@ def main(argv: list[str] | None = None) -> int:
                 rounds[name].append(run)
             print(f"round {r + 1}/{args.repeats}: bare {bare['fps']:.1f} fps; "
                   + ", ".join(f"{n} {v[-1]['ratio_vs_bare']:.3f}x" for n, v in rounds.items()))
-        result["bare"] = sorted(bares, key=lambda b: b["fps"])[len(bares) // 2]
-        result["bare"]["fps_rounds"] = [b["fps"] for b in bares]
-        print(f"bare session.run: {result['bare']['fps']:.1f} fps (median of {len(bares)}), "
-              f"median {result['bare']['median_ms']:.3f} ms")
+        result["bare"] = dict(max(bares, key=lambda b: b["fps"]), fps_rounds=[b["fps"] for b in bares])
+        print(f"bare session.run: {result['bare']['fps']:.1f} fps (best of {len(bares)} rounds "
+              f"{result['bare']['fps_rounds']}), median {result['bare']['median_ms']:.3f} ms")
         result["stages"] = stages(args.model, threads, width, height, video, args.seconds)
         for name, s in result["stages"].items():
             print(f"  stage {name:18s} median {s['median_ms']:.4f} ms  p95 {s['p95_ms']:.4f} ms")
         result["preprocess_vs_inference"] = round(result["stages"]["preprocess"]["median_ms"]
                                                   / result["stages"]["inference"]["median_ms"], 3)
 
+        # Headline ratio: best daemon round ÷ best bare round. A slow phase of the machine drags either
+        # side down; best-of-N on both sides compares the two at the machine's full speed. The
+        # per-round ratios (each against the bare run just before it) are kept beside it.
+        best_bare = max(b["fps"] for b in bares)
         runs = {}
         for name, got in rounds.items():
             ratios = [x["ratio_vs_bare"] for x in got]
-            runs[name] = sorted(got, key=lambda x: x["ratio_vs_bare"])[len(got) // 2]   # the median round
-            runs[name]["ratio_rounds"] = ratios
+            best = max(got, key=lambda x: x["fps"])
+            runs[name] = dict(best, ratio_vs_bare=round(best["fps"] / best_bare, 3), ratio_rounds=ratios)
             lane_note = "1 lane" if name.endswith("_one_lane") or lanes == 1 else f"{lanes} lanes"
-            print(f"daemon on {name} ({lane_note}): {runs[name]['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
-                  f"bare (median of rounds {ratios}); cpu {runs[name]['cpu_cores_used']} cores, "
-                  f"peak rss {runs[name]['peak_rss_mb']} MB, first prediction {runs[name]['first_prediction_s']} s")
+            print(f"daemon on {name} ({lane_note}): {best['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
+                  f"bare (best of rounds; per round {ratios}); cpu {best['cpu_cores_used']} cores, "
+                  f"peak rss {best['peak_rss_mb']} MB, first prediction {best['first_prediction_s']} s")
         live = daemon_run(args.model, threads, f"synthetic://{width}x{height}?fps=30", max_frames=150,
                           out_dir=tmp_dir)
         budget = result["stages"]["inference"]["median_ms"] + 1000.0 / 30

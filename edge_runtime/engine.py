@@ -29,6 +29,11 @@ def session_options(threads: int):
     spin = os.environ.get("EDGE_ORT_SPINNING")
     if spin is not None:
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    if os.environ.get("EDGE_ORT_KLEIDIAI") == "0":
+        # onnxruntime 1.22-1.26 on arm64: KleidiAI convolutions kept a new workspace per distinct input,
+        # so RSS grew with every camera frame (fixed upstream in 1.27, which requirements.txt asks for).
+        # This is the off switch should a later version regress; MLAS's own kernels then run instead.
+        opts.add_session_config_entry("mlas.disable_kleidiai", "1")
     return opts
 
 

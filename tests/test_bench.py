@@ -24,6 +24,7 @@ def test_bench_writes_json_and_chart(tiny_model, tmp_path):
         run = result["daemon"][name]
         assert run["frames"] == 60 and run["prediction_lines"] == 60
         assert run["ratio_vs_bare"] == round(run["fps"] / result["bare"]["fps"], 3) > 0
+        assert len(run["ratio_rounds"]) == 1
     assert set(result["stages"]) == {"capture_synthetic", "capture_video", "preprocess", "inference",
                                      "postprocess", "publish"}
     assert result["daemon"]["live_30fps"]["total_latency_ms"]["p95_ms"] > 0

@@ -108,3 +108,22 @@ def test_description_order_metadata_then_sidecar_then_config(tmp_path):
     assert spec.input.color == "rgb" and spec.input.resize == 40 and spec.origin.endswith("b.yaml")
     strip_metadata(embedded)
     assert Engine(str(embedded), 1).spec.input.color == "bgr"
+
+
+
+def test_onnxruntime_knobs_from_the_environment(monkeypatch, tiny_model):
+    from edge_runtime.engine import session_options
+    monkeypatch.delenv("EDGE_ORT_SPINNING", raising=False)
+    monkeypatch.delenv("EDGE_ORT_KLEIDIAI", raising=False)
+    plain = session_options(2)
+    assert plain.intra_op_num_threads == 2
+    with pytest.raises(Exception, match="mlas.disable_kleidiai"):
+        plain.get_session_config_entry("mlas.disable_kleidiai")      # not set unless asked
+    monkeypatch.setenv("EDGE_ORT_SPINNING", "0")
+    monkeypatch.setenv("EDGE_ORT_KLEIDIAI", "0")
+    tuned = session_options(1)
+    assert tuned.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert tuned.get_session_config_entry("mlas.disable_kleidiai") == "1"
+    engine = Engine(str(tiny_model), 1)        # a real session accepts both
+    engine.warm_up(1)
+    assert engine.run(np.zeros(engine.input_shape(), np.float32)).shape == (1000,)
