@@ -91,15 +91,31 @@ def warn_untrained(engine) -> None:
 
 
 STOP = threading.Event()   # set by SIGTERM/SIGINT, from the first moment main() runs
+FORCED_EXIT_AFTER = 5.0    # seconds from SIGTERM/SIGINT to a forced exit
+
+
+def _forced_exit(message: str) -> None:
+    log.warning("%s", message)
+    logging.shutdown()
+    os._exit(EXIT_OK)
 
 
 def install_signal_handlers() -> None:
     """Early, before the slow imports and the model load: a SIGTERM during startup still ends cleanly."""
 
     def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
         if not STOP.is_set():
-            log.info("%s received; stopping", signal.Signals(signum).name)
+            log.info("%s received; stopping", name)
             STOP.set()
+            # A clean stop takes well under 2 s. One that does not is blocked in a write to a stdout
+            # nobody reads (a file source waits on its reader): nothing more can be delivered anyway.
+            timer = threading.Timer(FORCED_EXIT_AFTER, _forced_exit, args=(f"still stopping {FORCED_EXIT_AFTER:.0f} s "
+                                    f"after {name} (is the reader of stdout not reading?); exiting now",))
+            timer.daemon = True
+            timer.start()
+        else:
+            _forced_exit(f"second {name}; exiting now")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -191,6 +191,18 @@ def test_stdout_reader_that_stops_reading_does_not_stall_inference(tiny_model):
     assert time.monotonic() - t0 < 5 and proc.returncode == 0
 
 
+def test_file_source_with_a_reader_that_stops_reading_still_obeys_sigterm(tiny_model, video_file):
+    """A file waits on its reader (backpressure), so a write can block for ever: SIGTERM must still end it."""
+    proc = start_daemon("--source", video_file, "--loop", "--model", tiny_model, "--stats-interval", "1")
+    time.sleep(3)                          # the pipe is full; the daemon is blocked writing to it
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    err = proc.stderr.read()
+    assert proc.returncode == 0 and time.monotonic() - t0 < 8, err[-1000:]
+    assert "SIGTERM received" in err and "Traceback" not in err
+
+
 def test_sigterm_during_startup(tiny_model):
     proc = start_daemon("--source", "synthetic://640x480", "--model", tiny_model)
     time.sleep(0.3)                        # still importing or loading the model
