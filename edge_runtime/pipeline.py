@@ -252,6 +252,9 @@ class Pipeline:
         limit = self.options.max_frames
         if limit is not None and self.processed >= limit:
             self._done.set()
+            # Everything asked for is out: stop the capture now, or the frames it goes on delivering
+            # until the main thread notices would be counted as dropped.
+            self.stop.set()
 
     def source_connected(self) -> bool:
         if self.inline:

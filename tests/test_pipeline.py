@@ -65,3 +65,23 @@ def test_a_sink_that_closes_stops_every_lane(tiny_model):
     p.run()
     assert p.output_closed and len(sink.records) == 25
     assert [r["frame"] for r in sink.records] == list(range(25))
+
+
+def test_live_source_slower_inference_gets_the_newest_frame_and_counts_drops(tiny_model):
+    # 200 fps offered to inference that takes 15 ms a frame: every frame it takes must be the newest,
+    # the ones in between counted as dropped, and nothing counted after the last one asked for.
+    engine = Engine(str(tiny_model), 1)
+    run = engine.run
+    engine.run = lambda tensor: (time.sleep(0.015), run(tensor))[1]
+    sink = ListSink()
+    make = lambda: open_source("synthetic://320x240?fps=200", SourceOptions())   # noqa: E731
+    p = Pipeline(make, [engine], [sink], PipelineOptions(max_frames=20, stats_interval=60))
+    assert p.live
+    assert p.run() == 20
+    frames = [r["frame"] for r in sink.records]
+    gaps = [b - a for a, b in zip(frames, frames[1:], strict=False)]
+    assert len(frames) == 20 and min(gaps) >= 1 and sum(gaps) / len(gaps) > 2     # ~3 frames per inference
+    stats = p.stats
+    assert stats.frames_dropped >= frames[-1] - 19 - 2           # what was skipped was counted
+    assert stats.frames_captured <= frames[-1] + 1 + 8   # capture stopped with the last frame (~3 arrive during it)
+    assert all(r["latency_ms"]["total"] < 15 + 5 + 10 for r in sink.records[1:])  # fresh, not queued
