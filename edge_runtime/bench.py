@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp_dir = Path(tmp)
         video = make_video(tmp_dir / "bench.avi", width, height)
 
-        # This machine's speed drifts (shared cores, turbo, neighbours): each daemon run is compared
-        # with a bare measurement taken right before it, in `--repeats` rounds; the median ratio counts.
+        # This machine's speed drifts (shared cores, turbo, neighbours): bare and daemon runs alternate
+        # in `--repeats` rounds, each round's daemon runs right after its bare run.
         lanes = lane_count(0, live=False, threads=threads)
         result["lanes"] = lanes
         sources = {"synthetic": (f"synthetic://{width}x{height}",), "video": (str(video), "--loop")}
@@ -294,12 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         # Headline ratio: best daemon round ÷ best bare round. A slow phase of the machine drags either
         # side down; best-of-N on both sides compares the two at the machine's full speed. The
         # per-round ratios (each against the bare run just before it) are kept beside it.
-        best_bare = max(b["fps"] for b in bares)
         runs = {}
         for name, got in rounds.items():
             ratios = [x["ratio_vs_bare"] for x in got]
             best = max(got, key=lambda x: x["fps"])
-            runs[name] = dict(best, ratio_vs_bare=round(best["fps"] / best_bare, 3), ratio_rounds=ratios)
+            runs[name] = dict(best, ratio_vs_bare=round(best["fps"] / result["bare"]["fps"], 3), ratio_rounds=ratios)
             lane_note = "1 lane" if name.endswith("_one_lane") or lanes == 1 else f"{lanes} lanes"
             print(f"daemon on {name} ({lane_note}): {best['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
                   f"bare (best of rounds; per round {ratios}); cpu {best['cpu_cores_used']} cores, "

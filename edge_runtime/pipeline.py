@@ -87,9 +87,8 @@ class Pipeline:
         self._next_seq = 0                      # order of frames as read
         self._pending: dict[int, tuple | None] = {}  # finished frames waiting for an earlier one
         self._next_publish = 0                  # the frame the sinks get next
-        self._done = threading.Event()          # source ended or max_frames reached: lanes finish up
+        self._done = threading.Event()          # the source ended: lanes finish the frames in flight
         self._failure: BaseException | None = None
-        self._ready = False
 
     def _start_capture(self) -> None:
         self._generation += 1
@@ -179,7 +178,7 @@ class Pipeline:
                     while self._next_seq - self._next_publish >= ahead and not self.stop.is_set():
                         self._publish_lock.wait(0.1)    # another lane is stuck: do not run away from it
                 with self._read_lock:
-                    if self._done.is_set():
+                    if self._done.is_set() or self.stop.is_set():
                         return
                     frame = self.handoff.get(timeout=0.25)
                     if frame is None:
@@ -220,9 +219,8 @@ class Pipeline:
                 while self._next_publish in self._pending:
                     item = self._pending.pop(self._next_publish)
                     self._next_publish += 1
-                    limit = self.options.max_frames
-                    if item is None or self.stop.is_set() or (limit is not None and self.processed >= limit):
-                        continue    # unusable frame, or stopped: after a stop only the final stats go out
+                    if item is None or self.stop.is_set():
+                        continue    # unusable frame, or stopped (max_frames too): only the final stats now
                     self._publish(*item)
             except BaseException:
                 self.stop.set()     # nothing more reaches the sinks
@@ -245,15 +243,13 @@ class Pipeline:
         self.processed += 1
         for sink in self.sinks:
             sink.prediction(record, frame)
-        if not self._ready:
-            self._ready = True
+        if self.processed == 1:
             self.notifier.ready(f"running on {self.source_uri}")
         self.notifier.watchdog()
         limit = self.options.max_frames
         if limit is not None and self.processed >= limit:
-            self._done.set()
-            # Everything asked for is out: stop the capture now, or the frames it goes on delivering
-            # until the main thread notices would be counted as dropped.
+            # Everything asked for is out: stop lanes and capture now, or the frames the capture goes
+            # on delivering until the main thread notices would be counted as dropped.
             self.stop.set()
 
     def source_connected(self) -> bool:

@@ -110,7 +110,6 @@ def test_description_order_metadata_then_sidecar_then_config(tmp_path):
     assert Engine(str(embedded), 1).spec.input.color == "bgr"
 
 
-
 def test_onnxruntime_knobs_from_the_environment(monkeypatch, tiny_model):
     from edge_runtime.engine import session_options
     monkeypatch.delenv("EDGE_ORT_SPINNING", raising=False)

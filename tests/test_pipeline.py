@@ -56,7 +56,7 @@ def test_two_lanes_publish_in_frame_order_despite_jitter(tiny_model):
     assert [r["frame"] for r in sink.records] == list(range(200))
     assert len(sink.threads) == 2                    # both lanes really published
     assert len(set(finished)) == 2 and len(finished) >= 200
-    # (Without the pipeline's turn-taking this test fails: the 4 ms jitter lets frame k+1 finish first.)
+    # (Without the pipeline's reorder buffer this test fails: the 4 ms jitter lets frame k+1 finish first.)
 
 
 def test_a_sink_that_closes_stops_every_lane(tiny_model):
