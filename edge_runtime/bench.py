@@ -23,8 +23,9 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .cli import lane_count
+from .cli import batch_size, lane_count
 from .config import DEFAULT_MODEL
+from .engine import Engine
 
 
 def machine() -> dict:
@@ -59,24 +60,23 @@ def _time_calls(fn, seconds: float, min_calls: int = 20) -> list[float]:
     return samples
 
 
-def bare_session(model: str, threads: int, seconds: float) -> dict:
-    """The limit: session.run on a ready tensor, nothing else."""
-    from .engine import Engine
-    engine = Engine(model, threads)
-    engine.warm_up(10)
-    tensor = np.random.default_rng(0).integers(0, 255, engine.input_shape()).astype(engine.input_dtype())
+def bare_session(model: str, threads: int, seconds: float, batch: int = 1) -> dict:
+    """The limit: session.run on a ready tensor, nothing else (`batch` images per call; fps counts images)."""
+    engine = Engine(model, threads, mem_pattern=batch == 1)
+    engine.warm_up(10, batch=batch)
+    shape = (batch,) + engine.input_shape()[1:]
+    tensor = np.random.default_rng(0).integers(0, 255, shape).astype(engine.input_dtype())
     feed = {engine.input_name: tensor}
     run = engine.session.run
     names = engine.output_names
     t0 = time.perf_counter()
     samples = _time_calls(lambda: run(names, feed), seconds)
     wall = time.perf_counter() - t0
-    return {"threads": engine.threads, "fps": round(len(samples) / wall, 2), **_stat(samples)}
+    return {"threads": engine.threads, "batch": batch, "fps": round(batch * len(samples) / wall, 2), **_stat(samples)}
 
 
 def stages(model: str, threads: int, width: int, height: int, video: Path, seconds: float) -> dict:
     """Each stage alone, on the same frames the pipeline sees."""
-    from .engine import Engine
     from .postprocess import Postprocessor
     from .preprocess import Preprocessor
     from .sinks.stdout import dumps
@@ -175,7 +175,7 @@ def daemon_run(model: str, threads: int, source: str, *extra: str, max_frames: i
     return {
         "source": source, "fps": final["fps"]["inference"], "frames": final["frames_processed"],
         "dropped": final["frames_dropped"], "rss_mb_final": final["rss_mb"],
-        "peak_rss_mb": round(peak_kb / 1024.0, 1),
+        "peak_rss_mb": round(peak_kb * 1024 / 1e6, 1),     # MB of 10^6 bytes, as rss_mb in the stats line
         "cpu_cores_used": round((usage.ru_utime + usage.ru_stime) / wall, 2),
         "first_prediction_s": round(first, 3) if first is not None else None,
         "latency_ms": final["latency_ms"],
@@ -193,7 +193,8 @@ def chart(result: dict, path: Path) -> None:
     cv2.putText(img, title, (20, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     ratios = ", ".join(f"{name} {run['ratio_vs_bare']:.2f}x" for name, run in result.get("daemon", {}).items()
                        if "ratio_vs_bare" in run)
-    cv2.putText(img, f"daemon / bare session.run ({result.get('lanes', 1)} lanes): {ratios}", (20, 50), font, 0.45,
+    cv2.putText(img, f"daemon / bare session.run ({result.get('lanes', 1)} lanes, batch {result.get('batch', 1)}): "
+                f"{ratios}", (20, 50), font, 0.4,
                 (0, 0, 0), 1, cv2.LINE_AA)
 
     # Left: per-stage median (bar) and p95 (tick), ms.
@@ -264,27 +265,43 @@ def main(argv: list[str] | None = None) -> int:
         # This machine's speed drifts (shared cores, turbo, neighbours): bare and daemon runs alternate
         # in `--repeats` rounds, each round's daemon runs right after its bare run.
         lanes = lane_count(0, live=False, threads=threads)
-        result["lanes"] = lanes
+        batch = batch_size(0, False, Engine(args.model, 1))
+        result["lanes"], result["batch"] = lanes, batch
         sources = {"synthetic": (f"synthetic://{width}x{height}",), "video": (str(video), "--loop")}
-        variants = [(name, ()) for name in sources]
-        if lanes > 1:
-            variants += [(f"{name}_one_lane", ("--lanes", "1")) for name in sources]
+        # The default (lanes and batch chosen by the daemon), and what each contributes: one frame per
+        # inference, and the first design (one session, one frame at a time).
+        kinds = {"": (), "_batch1": ("--batch", "1"), "_one_lane": ("--lanes", "1", "--batch", "1")}
+        if batch == 1:
+            del kinds["_batch1"]
+        if lanes == 1:
+            del kinds["_one_lane"]
+        variants = [(name + kind, extra) for kind, extra in kinds.items() for name in sources]
         rounds: dict[str, list[dict]] = {name: [] for name, _ in variants}
-        bares = []
+        bares, bares_batched = [], []
         for r in range(args.repeats):
             bare = bare_session(args.model, threads, args.seconds)
             bares.append(bare)
+            if batch > 1:
+                bares_batched.append(bare_session(args.model, threads, args.seconds, batch=batch))
             for name, extra in variants:
-                source, *src_extra = sources[name.removesuffix("_one_lane")]
+                source, *src_extra = sources[name.split("_")[0]]
                 run = daemon_run(args.model, threads, source, *src_extra, *extra, max_frames=args.frames,
                                  out_dir=tmp_dir)
                 run["ratio_vs_bare"] = round(run["fps"] / bare["fps"], 3)
                 rounds[name].append(run)
-            print(f"round {r + 1}/{args.repeats}: bare {bare['fps']:.1f} fps; "
+            print(f"round {r + 1}/{args.repeats}: bare {bare['fps']:.1f} fps"
+                  + (f" (batch {batch}: {bares_batched[-1]['fps']:.1f})" if bares_batched else "") + "; "
                   + ", ".join(f"{n} {v[-1]['ratio_vs_bare']:.3f}x" for n, v in rounds.items()))
         result["bare"] = dict(max(bares, key=lambda b: b["fps"]), fps_rounds=[b["fps"] for b in bares])
         print(f"bare session.run: {result['bare']['fps']:.1f} fps (best of {len(bares)} rounds "
               f"{result['bare']['fps_rounds']}), median {result['bare']['median_ms']:.3f} ms")
+        if bares_batched:
+            # Not the issue's limit (that is one frame per call), but the model's own limit at the batch
+            # the daemon uses: how much of the gain is batching itself.
+            result["bare_batched"] = dict(max(bares_batched, key=lambda b: b["fps"]),
+                                          fps_rounds=[b["fps"] for b in bares_batched])
+            print(f"bare session.run, {batch} frames per call: {result['bare_batched']['fps']:.1f} fps "
+                  f"(best of rounds {result['bare_batched']['fps_rounds']})")
         result["stages"] = stages(args.model, threads, width, height, video, args.seconds)
         for name, s in result["stages"].items():
             print(f"  stage {name:18s} median {s['median_ms']:.4f} ms  p95 {s['p95_ms']:.4f} ms")
@@ -299,9 +316,14 @@ def main(argv: list[str] | None = None) -> int:
             ratios = [x["ratio_vs_bare"] for x in got]
             best = max(got, key=lambda x: x["fps"])
             runs[name] = dict(best, ratio_vs_bare=round(best["fps"] / result["bare"]["fps"], 3), ratio_rounds=ratios)
-            lane_note = "1 lane" if name.endswith("_one_lane") or lanes == 1 else f"{lanes} lanes"
-            print(f"daemon on {name} ({lane_note}): {best['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
-                  f"bare (best of rounds; per round {ratios}); cpu {best['cpu_cores_used']} cores, "
+            one_lane, one_frame = name.endswith("_one_lane"), name.endswith(("_one_lane", "_batch1"))
+            note = f"{1 if one_lane else lanes} lane(s), batch {1 if one_frame else batch}"
+            versus = ""
+            if not one_frame and "bare_batched" in result:
+                runs[name]["ratio_vs_bare_batched"] = round(best["fps"] / result["bare_batched"]["fps"], 3)
+                versus = f", {runs[name]['ratio_vs_bare_batched']:.3f}x bare at batch {batch}"
+            print(f"daemon on {name} ({note}): {best['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
+                  f"bare{versus} (best of rounds; per round {ratios}); cpu {best['cpu_cores_used']} cores, "
                   f"peak rss {best['peak_rss_mb']} MB, first prediction {best['first_prediction_s']} s")
         live = daemon_run(args.model, threads, f"synthetic://{width}x{height}?fps=30", max_frames=150,
                           out_dir=tmp_dir)

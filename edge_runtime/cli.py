@@ -12,14 +12,15 @@ import time
 
 from . import __version__
 from . import config as config_mod
-from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
+from .errors import EXIT_OK, EXIT_UNEXPECTED, ModelError, UserError, first_line
 
 log = logging.getLogger("edge_runtime")
 
 # Flag dest -> config key path, so a bad flag value is reported under the flag's own name.
 FLAG_KEYS = {
     "source": ("source", "--source"), "camera": ("camera", "--camera"), "model": ("model", "--model"),
-    "threads": ("threads", "--threads"), "lanes": ("lanes", "--lanes"), "top_k": ("top_k", "--top-k"),
+    "threads": ("threads", "--threads"), "lanes": ("lanes", "--lanes"), "batch": ("batch", "--batch"),
+    "top_k": ("top_k", "--top-k"),
     "max_frames": ("max_frames", "--max-frames"), "stats_interval": ("stats_interval", "--stats-interval"),
     "loop": ("loop", "--loop"), "realtime": ("realtime", "--realtime"),
     "quiet_predictions": ("quiet_predictions", "--quiet-predictions"),
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=int, metavar="N",
                    help="sessions working on successive frames side by side, the threads split between them "
                         "(default: 2 for files/folders/unthrottled synthetic, 1 for live sources)")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help="frames per inference for files, folders and unthrottled synthetic (default: "
+                        f"{AUTO_BATCH} when the model takes a batch, else 1); live and --realtime sources: 1")
     p.add_argument("--top-k", type=int, metavar="K", help="labels per prediction (default 5)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 5)")
@@ -155,10 +159,11 @@ def run_daemon(args: argparse.Namespace) -> int:
         live = True     # a bad source string is reported below, after the model's own checks
     threads = cfg.threads or os.cpu_count() or 1
     lanes = lane_count(cfg.lanes, live, threads)
-    # Each lane's session is made with its share of the threads from the start: a session made
-    # and thrown away would leave ~15 MB behind in the allocator (measured).
+    paced = live or cfg.realtime
+    # Each lane's session is made with its share of the threads (and memory settings for the batch it
+    # will get) from the start: a session made and thrown away would leave ~15 MB behind (measured).
     engine = Engine(cfg.model, max(1, threads // lanes), config_spec=cfg.model_spec, config_file=args.config,
-                    config_dir=config_mod.config_dir(args.config))
+                    config_dir=config_mod.config_dir(args.config), mem_pattern=batch_size(cfg.batch, paced) == 1)
     spec = engine.spec.input
     source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
                                    height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
@@ -175,12 +180,13 @@ def run_daemon(args: argparse.Namespace) -> int:
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
+    batch = batch_size(cfg.batch, paced, engine)
     engines = [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
     for e in engines:
-        e.warm_up()
-    if lanes > 1:
-        log.info("%d lanes of %d thread(s): frames classified side by side, published in order",
-                 lanes, engines[0].threads)
+        e.warm_up(batch=batch)
+    if lanes > 1 or batch > 1:
+        log.info("%d lanes of %d thread(s), %d frame(s) per inference: frames classified side by side, "
+                 "published in order", lanes, engines[0].threads, batch)
 
     stats = Stats()
     stdout_sink = StdoutSink(predictions=not cfg.quiet_predictions, live=probe.live, stats=stats, stop=stop)
@@ -194,6 +200,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         from .sinks.mqtt import MqttSink
         sinks.append(MqttSink(cfg.mqtt, cfg.publish, stats, config_dir=config_mod.config_dir(args.config)))
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
+                              batch=batch,
                               stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay)
@@ -222,6 +229,29 @@ def lane_count(configured: int, live: bool, threads: int) -> int:
     if configured:
         return configured
     return 1 if live or threads < 2 else 2
+
+
+AUTO_BATCH = 4   # frames per session.run for throughput sources (measured, docs/BENCHMARKS.md)
+
+
+def batch_size(configured: int, paced: bool, engine=None) -> int:
+    """Frames per session.run. A live or paced source: 1, a frame is classified as soon as it is the
+    newest, never held back to fill a batch. Files, folders, unthrottled synthetic: auto (0) is
+    AUTO_BATCH when the model's batch axis is dynamic, else 1. Batching amortises onnxruntime's
+    per-operator overhead: more frames per second, each frame's result a few ms later.
+    Without an engine: the batch intended before the model is loaded."""
+    if paced:
+        if configured > 1 and engine is not None:
+            log.info("batch %d applies to files, folders and unthrottled synthetic sources; this source "
+                     "is classified one frame at a time", configured)
+        return 1
+    if engine is not None and not engine.batch_axis_dynamic:
+        if configured > 1:
+            raise ModelError(engine.path, f"its input '{engine.input.name}' has a fixed batch size of "
+                             f"{engine.input.shape[0]}, so --batch/batch: {configured} cannot be used "
+                             "(use 1, or 0 for auto)")
+        return 1
+    return configured or AUTO_BATCH
 
 
 def _silence_stdout() -> None:

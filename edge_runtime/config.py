@@ -119,6 +119,8 @@ class Config:
     model_spec: dict | None = field(None, help="sidecar-format description for a model that has none")
     threads: int = field(0, check=at_least(0), help="onnxruntime threads, 0 = all cores")
     lanes: int = field(0, check=at_least(0), help="sessions on successive frames side by side, 0 = auto")
+    batch: int = field(0, check=all_of(at_least(0), _at_most(64)),
+                       help="frames per inference for files, folders, unthrottled synthetic; 0 = auto")
     top_k: int = field(5, check=at_least(1))
     max_frames: int | None = field(None, check=at_least(1))
     stats_interval: float = field(5.0, check=greater_than(0))

@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
 
 
-def session_options(threads: int):
+def session_options(threads: int, mem_pattern: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    # The memory pattern plans one block per input shape. With batches (and a shorter last batch) it
+    # held 15 MB more per session for no speed (measured, docs/BENCHMARKS.md); the arena alone reuses.
+    opts.enable_mem_pattern = mem_pattern
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads
@@ -47,11 +50,11 @@ class Engine:
     """Wraps one InferenceSession. `run(tensor)` returns the first output as a flat 1-D array."""
 
     def __init__(self, model_path: str, threads: int = 0, *, config_spec: Any = None,
-                 config_file: str | None = None, config_dir: Path | None = None):
+                 config_file: str | None = None, config_dir: Path | None = None, mem_pattern: bool = True):
         import onnxruntime as ort
 
         self._init_args = (model_path, dict(config_spec=config_spec, config_file=config_file,
-                                            config_dir=config_dir))
+                                            config_dir=config_dir, mem_pattern=mem_pattern))
         # onnxruntime 1.2x+ tries to persist a telemetry device id; on a read-only system (the unit's
         # ProtectSystem=strict) that is a warning in the journal on every start. We want neither.
         if hasattr(ort, "disable_telemetry_events"):
@@ -67,7 +70,7 @@ class Engine:
         if path.stat().st_size == 0:
             raise ModelError(model_path, "file is empty (0 bytes)")
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options(self.threads),
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(self.threads, mem_pattern),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
@@ -141,14 +144,23 @@ class Engine:
         path, kwargs = self._init_args
         return Engine(path, threads, **kwargs)
 
+    @property
+    def batch_axis_dynamic(self) -> bool:
+        """Whether the model takes more than one image per run (its batch axis is symbolic)."""
+        return not isinstance(self.input.shape[0], int)
+
     def run(self, tensor: np.ndarray) -> np.ndarray:
         return self.session.run([self.output.name], {self.input.name: tensor})[0].reshape(-1)
 
-    def warm_up(self, runs: int = 3) -> None:
+    def run_batch(self, tensor: np.ndarray) -> np.ndarray:
+        """Images stacked on the first axis -> one row of outputs per image."""
+        return self.session.run([self.output.name], {self.input.name: tensor})[0].reshape(len(tensor), -1)
+
+    def warm_up(self, runs: int = 3, batch: int = 1) -> None:
         """First runs allocate the arena and pick kernels; do them before the first real frame."""
-        dummy = np.zeros(self.input_shape(), dtype=self.input_dtype())
+        dummy = np.zeros((batch,) + self.input_shape()[1:], dtype=self.input_dtype())
         for _ in range(runs):
-            self.run(dummy)
+            self.run_batch(dummy)
 
     def describe(self) -> str:
         info = self.spec.info_dict

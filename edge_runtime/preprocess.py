@@ -68,8 +68,8 @@ class Preprocessor:
         self._bias_f = [float(v) for v in self._bias]
         self._resized = np.empty((h, w, 3), dtype=np.uint8)
 
-    def new_buffer(self) -> np.ndarray:
-        return np.empty(self.shape, dtype=self.dtype)
+    def new_buffer(self, batch: int = 1) -> np.ndarray:
+        return np.empty((batch,) + self.shape[1:], dtype=self.dtype)
 
     def resize(self, frame: np.ndarray) -> np.ndarray:
         """Crop + resize to the model's size, still BGR uint8 HxWx3 (an internal buffer)."""

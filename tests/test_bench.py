@@ -19,8 +19,9 @@ def test_bench_writes_json_and_chart(tiny_model, tmp_path):
                           cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(next(out.glob("bench-*.json")).read_text())
-    assert result["machine"]["cores"] >= 1 and result["lanes"] == 2
-    for name in ("synthetic", "video", "synthetic_one_lane", "video_one_lane"):
+    assert result["machine"]["cores"] >= 1 and result["lanes"] == 2 and result["batch"] == 4
+    assert result["bare_batched"]["batch"] == 4 and result["bare_batched"]["fps"] > 0
+    for name in ("synthetic", "video", "synthetic_batch1", "video_batch1", "synthetic_one_lane", "video_one_lane"):
         run = result["daemon"][name]
         assert run["frames"] == 60 and run["prediction_lines"] == 60
         assert run["ratio_vs_bare"] == round(run["fps"] / result["bare"]["fps"], 3) > 0
@@ -30,4 +31,6 @@ def test_bench_writes_json_and_chart(tiny_model, tmp_path):
     assert result["daemon"]["live_30fps"]["total_latency_ms"]["p95_ms"] > 0
     chart = cv2.imread(str(next(out.glob("bench-*.png"))))
     assert chart is not None and chart.shape[1] >= 800
-    assert "daemon on synthetic (2 lanes)" in proc.stdout
+    assert result["daemon"]["synthetic"]["ratio_vs_bare_batched"] > 0
+    assert "daemon on synthetic (2 lane(s), batch 4)" in proc.stdout
+    assert "daemon on video_one_lane (1 lane(s), batch 1)" in proc.stdout

@@ -249,6 +249,42 @@ def test_lanes_publish_every_frame_once_in_order(channel_model, video_file, lane
     assert capped.stats[-1]["frames_processed"] == 47
 
 
+@pytest.mark.parametrize("batch", ["1", "4", "7"])
+def test_batches_give_every_frame_its_own_prediction(channel_model, video_file, batch):
+    # Several frames per session.run: a batch spans the red/green and green/blue cuts of the clip,
+    # so a slot mixed up with another (or a stale slot reused) shows as a wrong colour.
+    result = run_daemon("--source", video_file, "--model", channel_model, "--batch", batch, "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    assert [p["frame"] for p in result.predictions] == list(range(30))
+    assert [p["top"][0]["label"] for p in result.predictions] == ["red"] * 10 + ["green"] * 10 + ["blue"] * 10
+    assert f"{batch} frame(s) per inference" in result.stderr
+    capped = run_daemon("--source", video_file, "--model", channel_model, "--batch", batch, "--loop",
+                        "--max-frames", "47")
+    assert [p["frame"] for p in capped.predictions] == list(range(47))
+    assert capped.stats[-1]["frames_processed"] == 47 and capped.stats[-1]["frames_captured"] <= 47 + 2
+
+
+def test_batch_policy(tiny_model, video_file, fixtures):
+    from edge_runtime.cli import AUTO_BATCH
+    files = run_daemon("--source", video_file, "--model", tiny_model, "--threads", "2", "--max-frames", "5")
+    assert f"{AUTO_BATCH} frame(s) per inference" in files.stderr
+    # Live and paced sources classify the newest frame at once, never waiting to fill a batch.
+    live = run_daemon("--source", "synthetic://320x240?fps=30", "--model", tiny_model, "--batch", "4",
+                      "--max-frames", "5")
+    assert live.returncode == 0 and "per inference" not in live.stderr and "one frame at a time" in live.stderr
+    paced = run_daemon("--source", video_file, "--model", tiny_model, "--realtime", "--lanes", "1",
+                       "--max-frames", "3")
+    assert paced.returncode == 0 and "per inference" not in paced.stderr
+    # A model exported with a fixed batch of 1: auto falls back to 1; asking for more is a clear error.
+    fixed = fixtures / "models" / "mobilenet_v2_1.0_224_quant.onnx"
+    auto = run_daemon("--source", video_file, "--model", fixed, "--lanes", "1", "--max-frames", "3")
+    assert auto.returncode == 0 and "per inference" not in auto.stderr
+    bad = run_daemon("--source", video_file, "--model", fixed, "--batch", "4")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "fixed batch size of 1" in bad.stderr and "--batch" in bad.stderr and fixed.name in bad.stderr
+    assert run_daemon("--source", video_file, "--model", tiny_model, "--batch", "-1").returncode == 2
+
+
 def test_lanes_default_two_for_files_one_for_live(tiny_model, video_file):
     from edge_runtime.cli import lane_count
     assert lane_count(0, live=False, threads=4) == 2 and lane_count(0, live=False, threads=1) == 1

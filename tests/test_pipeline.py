@@ -1,10 +1,13 @@
-"""The pipeline's lanes: frames classified side by side still reach the sinks once each, in order."""
+"""The pipeline's lanes and batches: frames classified side by side, several per session.run, still
+reach the sinks once each, in order."""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
+
+import pytest
 
 from edge_runtime.engine import Engine
 from edge_runtime.pipeline import Pipeline, PipelineOptions
@@ -31,31 +34,36 @@ def jittery_engines(model, n: int, finished: list[int]) -> list[Engine]:
     rng = random.Random(7)
     lock = threading.Lock()
     for engine in engines:
-        run = engine.run
+        run = engine.run_batch
 
         def slow_run(tensor, run=run):
             out = run(tensor)
             time.sleep(rng.choice([0, 0, 0.004]))
             with lock:
-                finished.append(threading.get_ident())
+                finished.append((threading.get_ident(), len(tensor)))
             return out
-        engine.run = slow_run
+        engine.run_batch = slow_run
     return engines
 
 
-def pipeline(model, n_lanes, sink, finished, max_frames=200):
+def pipeline(model, n_lanes, sink, finished, max_frames=200, batch=1):
     engines = jittery_engines(model, n_lanes, finished)
     make = lambda: open_source("synthetic://320x240", SourceOptions())   # noqa: E731
-    return Pipeline(make, engines, [sink], PipelineOptions(max_frames=max_frames, stats_interval=60))
+    return Pipeline(make, engines, [sink], PipelineOptions(max_frames=max_frames, stats_interval=60, batch=batch))
 
 
-def test_two_lanes_publish_in_frame_order_despite_jitter(tiny_model):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_two_lanes_publish_in_frame_order_despite_jitter(tiny_model, batch):
     sink, finished = ListSink(), []
-    p = pipeline(tiny_model, 2, sink, finished)
-    assert p.run() == 200
-    assert [r["frame"] for r in sink.records] == list(range(200))
+    p = pipeline(tiny_model, 2, sink, finished, max_frames=202, batch=batch)
+    assert p.run() == 202
+    assert [r["frame"] for r in sink.records] == list(range(202))
     assert len(sink.threads) == 2                    # both lanes really published
-    assert len(set(finished)) == 2 and len(finished) >= 200
+    assert len({lane for lane, _ in finished}) == 2
+    sizes = [n for _, n in finished]
+    assert max(sizes) == batch and sum(sizes) >= 202
+    if batch > 1:
+        assert sizes.count(batch) >= 202 // batch - 2 and 2 in sizes    # full batches; 202 = 50 x 4 + 2
     # (Without the pipeline's reorder buffer this test fails: the 4 ms jitter lets frame k+1 finish first.)
 
 
@@ -71,12 +79,12 @@ def test_live_source_slower_inference_gets_the_newest_frame_and_counts_drops(tin
     # 200 fps offered to inference that takes 15 ms a frame: every frame it takes must be the newest,
     # the ones in between counted as dropped, and nothing counted after the last one asked for.
     engine = Engine(str(tiny_model), 1)
-    run = engine.run
-    engine.run = lambda tensor: (time.sleep(0.015), run(tensor))[1]
+    run = engine.run_batch
+    engine.run_batch = lambda tensor: (time.sleep(0.015), run(tensor))[1]
     sink = ListSink()
     make = lambda: open_source("synthetic://320x240?fps=200", SourceOptions())   # noqa: E731
-    p = Pipeline(make, [engine], [sink], PipelineOptions(max_frames=20, stats_interval=60))
-    assert p.live
+    p = Pipeline(make, [engine], [sink], PipelineOptions(max_frames=20, stats_interval=60, batch=4))
+    assert p.live and p.batch == 1 and p.lanes[0].tensor.shape[0] == 1    # never waits to fill a batch
     assert p.run() == 20
     frames = [r["frame"] for r in sink.records]
     gaps = [b - a for a, b in zip(frames, frames[1:], strict=False)]

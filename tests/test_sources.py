@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 
+import cv2
 import numpy as np
 import pytest
 
@@ -48,6 +49,24 @@ def test_uri_dispatch(tmp_path, video_file):
         open_source("synthetic://320x240?fps=0", opts)
     with pytest.raises(SourceError, match="does not exist"):
         open_source("v4l2:///dev/video99", opts)
+
+
+def test_video_file_decodes_in_one_thread(tmp_path):
+    # FFmpeg's default frame threading (a thread per core) costs more CPU per frame in total, on cores
+    # inference already fills. MPEG-4 part 2, because FFmpeg threads it by default (MJPEG it does not).
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (320, 240))
+    assert writer.isOpened()
+    for i in range(5):
+        writer.write(np.full((240, 320, 3), 40 * i, np.uint8))
+    writer.release()
+    src = VideoFileSource(str(path), path)
+    src.open()
+    try:
+        assert src.read().image.shape == (240, 320, 3)
+        assert src._cap.get(cv2.CAP_PROP_N_THREADS) == 1
+    finally:
+        src.close()
 
 
 def test_camera_uri_off_a_pi_names_what_was_tried(tmp_path):

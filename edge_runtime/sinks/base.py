@@ -11,6 +11,7 @@ class OutputClosed(Exception):
 
 class Sink:
     name = "sink"
+    wants_images = False    # True: prediction() needs frame.image (otherwise it is let go after preprocessing)
 
     def prediction(self, record: dict, frame: Frame) -> None:
         pass

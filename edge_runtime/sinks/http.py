@@ -189,6 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class HttpSink(Sink):
     name = "http"
+    wants_images = True     # /snapshot.jpg and the live view
 
     def __init__(self, cfg, stats: Stats | None = None, *, model_info: dict[str, str] | None = None,
                  health: Callable[[], dict] | None = None):

@@ -17,7 +17,8 @@ from ..errors import SourceError
 
 @dataclass
 class Frame:
-    image: np.ndarray        # BGR uint8, HxWx3 (other shapes are normalised or refused by preprocess)
+    image: np.ndarray | None  # BGR uint8, HxWx3 (other shapes are normalised or refused by preprocess);
+                              # None once preprocessed if no sink wants images
     index: int               # source frame number, 0-based
     ts: float                # capture time, unix seconds
     mono: float              # capture time, time.perf_counter(), for latency

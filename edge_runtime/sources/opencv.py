@@ -15,6 +15,9 @@ from .base import Frame, Source, SourceLost
 log = logging.getLogger(__name__)
 
 
+DECODE_THREADS = 1
+
+
 class VideoFileSource(Source):
     """A video file, frame by frame. `realtime` paces it at its own frame rate; `loop` restarts it."""
 
@@ -33,7 +36,10 @@ class VideoFileSource(Source):
             raise SourceError(f"video file {self.path} does not exist")
         if not os.access(self.path, os.R_OK):
             raise SourceError(f"video file {self.path} is not readable")
-        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        # One decoder thread: the cores are already busy with inference (lanes), and FFmpeg's frame
+        # threading costs more CPU per frame in total (H.264 640x480: 0.88 vs 0.65 ms; daemon +11-16%
+        # frames/s on 2 cores, docs/BENCHMARKS.md).
+        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, DECODE_THREADS])
         if not self._cap.isOpened():
             self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
