@@ -62,7 +62,7 @@ def _time_calls(fn, seconds: float, min_calls: int = 20) -> list[float]:
 
 def bare_session(model: str, threads: int, seconds: float, batch: int = 1) -> dict:
     """The limit: session.run on a ready tensor, nothing else (`batch` images per call; fps counts images)."""
-    engine = Engine(model, threads, mem_pattern=batch == 1)
+    engine = Engine(model, threads)
     engine.warm_up(10, batch=batch)
     shape = (batch,) + engine.input_shape()[1:]
     tensor = np.random.default_rng(0).integers(0, 255, shape).astype(engine.input_dtype())

@@ -160,10 +160,17 @@ def run_daemon(args: argparse.Namespace) -> int:
     threads = cfg.threads or os.cpu_count() or 1
     lanes = lane_count(cfg.lanes, live, threads)
     paced = live or cfg.realtime
-    # Each lane's session is made with its share of the threads (and memory settings for the batch it
-    # will get) from the start: a session made and thrown away would leave ~15 MB behind (measured).
-    engine = Engine(cfg.model, max(1, threads // lanes), config_spec=cfg.model_spec, config_file=args.config,
-                    config_dir=config_mod.config_dir(args.config), mem_pattern=batch_size(cfg.batch, paced) == 1)
+    per_lane = max(1, threads // lanes)
+    # One-thread lanes share one session: onnxruntime's Run is thread-safe and, with one thread, runs
+    # in its caller's thread, so the lanes share the weights and the arena instead of a copy each.
+    # Several threads a lane: a session each, with its own thread pool. onnxruntime's memory pattern
+    # (one planned block per input shape) kept the shared session fastest, but cost separate batched
+    # sessions 15 MB each for nothing (measured, docs/BENCHMARKS.md). The session is made with all
+    # this from the start: one made and thrown away would leave ~15 MB behind.
+    engine = Engine(cfg.model, per_lane, config_spec=cfg.model_spec, config_file=args.config,
+                    config_dir=config_mod.config_dir(args.config),
+                    mem_pattern=per_lane == 1 or batch_size(cfg.batch, paced) == 1)
+    batch = batch_size(cfg.batch, paced, engine)
     spec = engine.spec.input
     source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
                                    height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
@@ -180,13 +187,16 @@ def run_daemon(args: argparse.Namespace) -> int:
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
-    batch = batch_size(cfg.batch, paced, engine)
-    engines = [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
-    for e in engines:
+    if per_lane == 1:
+        engines = [engine] * lanes
+    else:
+        engines = [engine] + [engine.sibling(per_lane) for _ in range(lanes - 1)]
+    for e in dict.fromkeys(engines):
         e.warm_up(batch=batch)
     if lanes > 1 or batch > 1:
-        log.info("%d lanes of %d thread(s), %d frame(s) per inference: frames classified side by side, "
-                 "published in order", lanes, engines[0].threads, batch)
+        shared = ", one shared session" if lanes > 1 and per_lane == 1 else ""
+        log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
+                 "published in order", lanes, engines[0].threads, shared, batch)
 
     stats = Stats()
     stdout_sink = StdoutSink(predictions=not cfg.quiet_predictions, live=probe.live, stats=stats, stop=stop)

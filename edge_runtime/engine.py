@@ -21,8 +21,9 @@ def session_options(threads: int, mem_pattern: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    # The memory pattern plans one block per input shape. With batches (and a shorter last batch) it
-    # held 15 MB more per session for no speed (measured, docs/BENCHMARKS.md); the arena alone reuses.
+    # The memory pattern plans one block per input shape. Separate batched sessions held 15 MB more
+    # each with it, for no speed; a session shared by lanes is faster with it (one arena allocation a
+    # run for the lanes to contend for, not one per tensor). Measured, docs/BENCHMARKS.md.
     opts.enable_mem_pattern = mem_pattern
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -4,12 +4,14 @@ Live sources are captured in a thread that keeps only the newest frame (capture.
 folders and unthrottled synthetic sources are read by the lanes themselves.
 
 A lane is one onnxruntime session with its own input tensor, run by its own thread: it takes the
-next frame, preprocesses it into its tensor, runs inference and postprocesses. With two lanes of
-one thread each, one frame's Python work (reading, preprocessing, publishing) runs while the other
-frame is in inference, so the cores do not sit idle between session.run calls (measured,
-docs/BENCHMARKS.md). Predictions still reach the sinks strictly in frame order: a finished frame
-waits in a small reorder buffer for any earlier frame still in flight. Live sources default to
-one lane with all threads (lowest latency on the newest frame).
+next frames (a batch of up to N for files, folders and unthrottled synthetic; one for live sources),
+preprocesses each into its slot of the tensor as it is read, runs inference once for the batch and
+postprocesses. With two lanes of one thread each, one lane's Python work (reading, preprocessing,
+publishing) runs while the other is in inference, so the cores do not sit idle between session.run
+calls; a batch pays onnxruntime's per-operator overhead once for N frames (measured,
+docs/BENCHMARKS.md). Predictions still reach the sinks one per frame, strictly in frame order: a
+finished frame waits in a small reorder buffer for any earlier frame still in flight. Live sources
+default to one lane with all threads and one frame per inference (lowest latency on the newest frame).
 
 The main thread supervises: stats lines, stall detection of the capture thread, shutdown.
 """
@@ -71,8 +73,8 @@ class Pipeline:
         self.batch = 1 if self.live else max(1, options.batch)
         self.lanes = [Lane(e, options.top_k, self.batch) for e in engines]
         self.sinks = sinks
-        # Frames wait in flight and in the reorder buffer: holding 0.9 MB images there that no sink
-        # looks at cost 20+ MB of RSS with batches on a video (measured).
+        # Frames wait in flight and in the reorder buffer: their 0.9 MB images, when no sink looks at
+        # them, are let go once preprocessed (a few MB of RSS with batches on a video, measured).
         self._keep_images = any(s.wants_images for s in sinks)
         self.options = options
         self.stop = stop or threading.Event()

@@ -279,9 +279,10 @@ def test_batch_policy(tiny_model, video_file, fixtures):
     fixed = fixtures / "models" / "mobilenet_v2_1.0_224_quant.onnx"
     auto = run_daemon("--source", video_file, "--model", fixed, "--lanes", "1", "--max-frames", "3")
     assert auto.returncode == 0 and "per inference" not in auto.stderr
-    bad = run_daemon("--source", video_file, "--model", fixed, "--batch", "4")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "fixed batch size of 1" in bad.stderr and "--batch" in bad.stderr and fixed.name in bad.stderr
+    for extra in ((), ("--validate-config",)):
+        bad = run_daemon("--source", video_file, "--model", fixed, "--batch", "4", *extra)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        assert "fixed batch size of 1" in bad.stderr and "--batch" in bad.stderr and fixed.name in bad.stderr
     assert run_daemon("--source", video_file, "--model", tiny_model, "--batch", "-1").returncode == 2
 
 
@@ -290,7 +291,10 @@ def test_lanes_default_two_for_files_one_for_live(tiny_model, video_file):
     assert lane_count(0, live=False, threads=4) == 2 and lane_count(0, live=False, threads=1) == 1
     assert lane_count(0, live=True, threads=4) == 1 and lane_count(3, live=True, threads=4) == 3
     files = run_daemon("--source", video_file, "--model", tiny_model, "--threads", "2", "--max-frames", "5")
-    assert "2 lanes of 1 thread(s)" in files.stderr and "2 thread(s)" not in files.stderr
+    assert "2 lanes of 1 thread(s), one shared session" in files.stderr and "2 thread(s)" not in files.stderr
+    # Lanes of several threads each get a session (and a thread pool) of their own.
+    wide = run_daemon("--source", video_file, "--model", tiny_model, "--threads", "4", "--max-frames", "5")
+    assert wide.returncode == 0 and "2 lanes of 2 thread(s), 4 frame(s)" in wide.stderr
     live = run_daemon("--source", "synthetic://320x240?fps=30", "--model", tiny_model, "--threads", "2",
                       "--max-frames", "5")
     assert live.returncode == 0 and "lanes" not in live.stderr and "2 thread(s)" in live.stderr

@@ -24,10 +24,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def listening(port: int) -> bool:
+def serving(port: int) -> bool:
+    """Something listens on the port, or has already accepted a client there: ffmpeg's -listen 1
+    closes its listening socket on the first accept, and the retrying daemon may get there between
+    two polls (which made this wait time out now and then)."""
     with open("/proc/net/tcp") as f:
         rows = [line.split() for line in f.readlines()[1:]]
-    return any(row[1].endswith(f":{port:04X}") and row[3] == "0A" for row in rows)
+    # st 0A = LISTEN, 01 = ESTABLISHED (local address is column 1)
+    return any(row[1].endswith(f":{port:04X}") and row[3] in ("0A", "01") for row in rows)
 
 
 class StreamServer:
@@ -50,9 +54,11 @@ class StreamServer:
         # Wait until it listens, without connecting: -listen 1 serves exactly one client.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if listening(self.port):
+            if serving(self.port):
                 return
-            time.sleep(0.05)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ffmpeg exited with {self.proc.returncode} before serving")
+            time.sleep(0.02)
         raise RuntimeError("ffmpeg did not start listening")
 
     def kill(self) -> None:
