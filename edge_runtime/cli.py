@@ -166,10 +166,11 @@ def run_daemon(args: argparse.Namespace) -> int:
     # Several threads a lane: a session each, with its own thread pool. onnxruntime's memory pattern
     # (one planned block per input shape) kept the shared session fastest, but cost separate batched
     # sessions 15 MB each for nothing (measured, docs/BENCHMARKS.md). The session is made with all
-    # this from the start: one made and thrown away would leave ~15 MB behind.
+    # this from the start: one made and thrown away would leave ~15 MB behind. A paced source (a camera)
+    # leaves time between frames: worker threads then sleep instead of spin-waiting through it.
     engine = Engine(cfg.model, per_lane, config_spec=cfg.model_spec, config_file=args.config,
                     config_dir=config_mod.config_dir(args.config),
-                    mem_pattern=per_lane == 1 or batch_size(cfg.batch, paced) == 1)
+                    mem_pattern=per_lane == 1 or batch_size(cfg.batch, paced) == 1, spinning=not paced)
     batch = batch_size(cfg.batch, paced, engine)
     spec = engine.spec.input
     source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,

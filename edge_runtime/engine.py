@@ -17,7 +17,13 @@ log = logging.getLogger(__name__)
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
 
 
-def session_options(threads: int, mem_pattern: bool = True):
+def spinning_wanted(default: bool) -> bool:
+    """Whether onnxruntime's worker threads spin-wait: `default` unless EDGE_ORT_SPINNING says otherwise."""
+    env = os.environ.get("EDGE_ORT_SPINNING")
+    return default if env is None else env.strip() not in ("0", "false", "no", "off")
+
+
+def session_options(threads: int, mem_pattern: bool = True, spinning: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -30,9 +36,10 @@ def session_options(threads: int, mem_pattern: bool = True):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3   # onnxruntime's own warnings would land in the journal as noise
-    spin = os.environ.get("EDGE_ORT_SPINNING")
-    if spin is not None:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    # Spinning workers answer the next parallel section at once: the fastest back-to-back inference
+    # (files), but between a camera's frames they burn a core for nothing (30 fps, 2 threads: 1.05
+    # cores spinning, 0.13 not; measured, docs/BENCHMARKS.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning_wanted(spinning) else "0")
     if os.environ.get("EDGE_ORT_KLEIDIAI") == "0":
         # onnxruntime 1.22-1.26 on arm64: KleidiAI convolutions kept a new workspace per distinct input,
         # so RSS grew with every camera frame (fixed upstream in 1.27, which requirements.txt asks for).
@@ -51,11 +58,12 @@ class Engine:
     """Wraps one InferenceSession. `run(tensor)` returns the first output as a flat 1-D array."""
 
     def __init__(self, model_path: str, threads: int = 0, *, config_spec: Any = None,
-                 config_file: str | None = None, config_dir: Path | None = None, mem_pattern: bool = True):
+                 config_file: str | None = None, config_dir: Path | None = None, mem_pattern: bool = True,
+                 spinning: bool = True):
         import onnxruntime as ort
 
         self._init_args = (model_path, dict(config_spec=config_spec, config_file=config_file,
-                                            config_dir=config_dir, mem_pattern=mem_pattern))
+                                            config_dir=config_dir, mem_pattern=mem_pattern, spinning=spinning))
         # onnxruntime 1.2x+ tries to persist a telemetry device id; on a read-only system (the unit's
         # ProtectSystem=strict) that is a warning in the journal on every start. We want neither.
         if hasattr(ort, "disable_telemetry_events"):
@@ -63,6 +71,7 @@ class Engine:
         ort.set_default_logger_severity(3)   # errors only: its warnings are noise in the journal
         self.path = model_path
         self.threads = threads or os.cpu_count() or 1
+        self.spinning = spinning_wanted(spinning)
         path = Path(model_path)
         if not path.exists():
             raise ModelError(model_path, "file not found")
@@ -71,8 +80,8 @@ class Engine:
         if path.stat().st_size == 0:
             raise ModelError(model_path, "file is empty (0 bytes)")
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options(self.threads, mem_pattern),
-                                                providers=["CPUExecutionProvider"])
+            options = session_options(self.threads, mem_pattern, self.spinning)
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
         meta = self.session.get_modelmeta()
@@ -166,7 +175,7 @@ class Engine:
     def describe(self) -> str:
         info = self.spec.info_dict
         parts = [self.path, f"spec from {self.spec.origin}", f"{self.num_outputs} outputs",
-                 f"{self.threads} thread(s)"]
+                 f"{self.threads} thread(s)" + ("" if self.spinning or self.threads == 1 else " (no spin-wait)")]
         if info.get("arch"):
             parts.insert(1, info["arch"])
         if info.get("weights"):

@@ -116,8 +116,13 @@ def test_onnxruntime_knobs_from_the_environment(monkeypatch, tiny_model):
     monkeypatch.delenv("EDGE_ORT_KLEIDIAI", raising=False)
     plain = session_options(2)
     assert plain.intra_op_num_threads == 2
+    assert plain.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert session_options(2, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(Exception, match="mlas.disable_kleidiai"):
         plain.get_session_config_entry("mlas.disable_kleidiai")      # not set unless asked
+    monkeypatch.setenv("EDGE_ORT_SPINNING", "1")                     # the environment wins, either way
+    assert session_options(2, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert Engine(str(tiny_model), 2, spinning=False).spinning
     monkeypatch.setenv("EDGE_ORT_SPINNING", "0")
     monkeypatch.setenv("EDGE_ORT_KLEIDIAI", "0")
     tuned = session_options(1)
