@@ -192,10 +192,11 @@ def run_daemon(args: argparse.Namespace) -> int:
         engines = [engine] * lanes
     else:
         engines = [engine] + [engine.sibling(per_lane) for _ in range(lanes - 1)]
-    for e in dict.fromkeys(engines):
+    sessions = list(dict.fromkeys(engines))
+    for e in sessions:
         e.warm_up(batch=batch)
     if lanes > 1 or batch > 1:
-        shared = ", one shared session" if lanes > 1 and per_lane == 1 else ""
+        shared = ", one shared session" if lanes > 1 and len(sessions) == 1 else ""
         log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
                  "published in order", lanes, engines[0].threads, shared, batch)
 

@@ -71,7 +71,6 @@ class Engine:
         ort.set_default_logger_severity(3)   # errors only: its warnings are noise in the journal
         self.path = model_path
         self.threads = threads or os.cpu_count() or 1
-        self.spinning = spinning_wanted(spinning)
         path = Path(model_path)
         if not path.exists():
             raise ModelError(model_path, "file not found")
@@ -80,10 +79,12 @@ class Engine:
         if path.stat().st_size == 0:
             raise ModelError(model_path, "file is empty (0 bytes)")
         try:
-            options = session_options(self.threads, mem_pattern, self.spinning)
+            options = session_options(self.threads, mem_pattern, spinning)
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
+        # What the session was given (the environment may have overridden `spinning`).
+        self.spinning = options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
         meta = self.session.get_modelmeta()
         props = dict(meta.custom_metadata_map or {})
         try:

@@ -294,9 +294,10 @@ def test_camera_rate_source_does_not_spin_cores(fixtures):
             "--stats-interval", "60")
     used = {}
     for spin in (None, "1"):
-        env = daemon_env(EDGE_ORT_SPINNING=spin or "")
-        if spin is None:
-            del env["EDGE_ORT_SPINNING"]
+        env = daemon_env()
+        env.pop("EDGE_ORT_SPINNING", None)
+        if spin is not None:
+            env["EDGE_ORT_SPINNING"] = spin
         before = os.times()
         t0 = time.monotonic()
         result = run_daemon(*args, env=env)
