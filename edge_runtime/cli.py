@@ -188,10 +188,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
-    if per_lane == 1:
-        engines = [engine] * lanes
-    else:
-        engines = [engine] + [engine.sibling(per_lane) for _ in range(lanes - 1)]
+    engines = lane_engines(engine, lanes)
     sessions = list(dict.fromkeys(engines))
     for e in sessions:
         e.warm_up(batch=batch)
@@ -241,6 +238,14 @@ def lane_count(configured: int, live: bool, threads: int) -> int:
     if configured:
         return configured
     return 1 if live or threads < 2 else 2
+
+
+def lane_engines(engine, lanes: int) -> list:
+    """The engine of each lane: one-thread lanes share `engine`'s session; lanes of several threads get
+    a session each (a shared thread pool would serialise their parallel sections)."""
+    if engine.threads == 1:
+        return [engine] * lanes
+    return [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
 
 
 AUTO_BATCH = 4   # frames per session.run for throughput sources (measured, docs/BENCHMARKS.md)

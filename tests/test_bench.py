@@ -34,3 +34,16 @@ def test_bench_writes_json_and_chart(tiny_model, tmp_path):
     assert result["daemon"]["synthetic"]["ratio_vs_bare_batched"] > 0
     assert "daemon on synthetic (2 lane(s), batch 4)" in proc.stdout
     assert "daemon on video_one_lane (1 lane(s), batch 1)" in proc.stdout
+    # The bound: the daemon's own lanes measured bare, plus every frame's other work on the same cores.
+    lanes = result["bare_lanes"]
+    assert (lanes["lanes"], lanes["threads_per_lane"], lanes["batch"]) == (2, 1, 4) and lanes["fps"] > 0
+    bound = result["ceiling"]
+    for name in ("synthetic", "video"):
+        assert bound[name]["fps"] <= lanes["fps"]
+        assert bound[name]["ratio_vs_bare"] == round(bound[name]["fps"] / result["bare"]["fps"], 3)
+        assert bound[name]["daemon_share"] == round(result["daemon"][name]["fps"] / bound[name]["fps"], 3)
+        assert f"ceiling on {name}: " in proc.stdout
+    # Decoding a video costs more than handing over a synthetic frame, so its bound is lower.
+    assert bound["video"]["core_ms_per_frame"] > bound["synthetic"]["core_ms_per_frame"]
+    assert bound["video"]["fps"] < bound["synthetic"]["fps"]
+    assert result["daemon"]["video"]["ratio_median"] == result["daemon"]["video"]["ratio_rounds"][0]
