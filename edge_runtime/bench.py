@@ -176,6 +176,22 @@ def make_video(path: Path, width: int, height: int, frames: int = 300) -> Path:
     return path
 
 
+def video_info(path: Path) -> dict:
+    """What the bench decodes: codec (FourCC as OpenCV reports it), frame size and frame count."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise ValueError(f"{path}: OpenCV cannot open this video")
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
+        codec = "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)).strip("\0 ") or "?"
+        return {"path": str(path), "codec": codec, "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT))}
+    finally:
+        cap.release()
+
+
 def _vm_hwm_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -238,6 +254,9 @@ def chart(result: dict, path: Path) -> None:
     img = np.full((h, w, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
     title = f"edge_runtime bench - {result['machine']['cpu'][:60]} - {Path(result['model']).name}"
+    if "video" in result:
+        v = result["video"]
+        title += f" - video: {v['codec']} {v['width']}x{v['height']}"
     cv2.putText(img, title, (20, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     ratios = ", ".join(f"{name} {run['ratio_vs_bare']:.2f}x" for name, run in result.get("daemon", {}).items()
                        if "ratio_vs_bare" in run)
@@ -290,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--int8", metavar="MODEL", help="an INT8 model to compare against --model")
     ap.add_argument("--threads", type=int, default=0, help="threads for the main comparison (0 = all cores)")
     ap.add_argument("--size", default="640x480", help="synthetic/video frame size")
+    ap.add_argument("--video", metavar="FILE",
+                    help="a clip to decode instead of the generated 640x480 MJPEG one, e.g. your camera's own "
+                         "recording: decoding cost depends on the codec")
     ap.add_argument("--seconds", type=float, default=4.0, help="time per bare/stage measurement")
     ap.add_argument("--frames", type=int, default=1500, help="frames per daemon run")
     ap.add_argument("--repeats", type=int, default=3,
@@ -312,7 +334,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        video = make_video(tmp_dir / "bench.avi", width, height)
+        try:
+            video = Path(args.video) if args.video else make_video(tmp_dir / "bench.avi", width, height)
+            result["video"] = dict(video_info(video), generated=not args.video)
+        except ValueError as exc:
+            print(f"--video: {exc}", file=sys.stderr)
+            return 2
+        v = result["video"]
+        print(f"video: {'generated ' if v['generated'] else ''}{v['path']} ({v['codec']}, "
+              f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
 
         # This machine's speed drifts (shared cores, turbo, neighbours): bare and daemon runs alternate
         # in `--repeats` rounds, each round's daemon runs right after its bare run.

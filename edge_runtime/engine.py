@@ -40,6 +40,11 @@ def session_options(threads: int, mem_pattern: bool = True, spinning: bool = Tru
     # (files), but between a camera's frames they burn a core for nothing (30 fps, 2 threads: 1.05
     # cores spinning, 0.13 not; measured, docs/BENCHMARKS.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning_wanted(spinning) else "0")
+    # INT8 on x86 without VNNI: onnxruntime's default u8×s8 kernels add pairs of products in 16 bits
+    # and saturate, so an INT8 model's answers change with the CPU (our quantised MobileNetV2 flips a
+    # confident 'missile' to 'drilling platform' on an AVX2-only EPYC). This asks for exact u8×u8
+    # kernels there; it does nothing on ARM or VNNI CPUs, whose kernels are exact, nor on FP32 models.
+    opts.add_session_config_entry("session.x64quantprecision", "1")
     if os.environ.get("EDGE_ORT_KLEIDIAI") == "0":
         # onnxruntime 1.22-1.26 on arm64: KleidiAI convolutions kept a new workspace per distinct input,
         # so RSS grew with every camera frame (fixed upstream in 1.27, which requirements.txt asks for).

@@ -79,6 +79,9 @@ def ort_session(path: str | Path, threads: int = 0):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # Exact INT8 arithmetic on x86 CPUs without VNNI, as the daemon runs it (edge_runtime/engine.py):
+    # otherwise an evaluation here reports saturation errors that the Pi's ARM cores never make.
+    opts.add_session_config_entry("session.x64quantprecision", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -7,18 +7,24 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 
 from conftest import REPO, daemon_env
+from edge_runtime.bench import make_video, video_info
 
 
-def test_bench_writes_json_and_chart(tiny_model, tmp_path):
+def test_bench_writes_json_and_chart(tiny_model, video_file, tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model),
-                           "--threads", "2", "--seconds", "0.3", "--frames", "60", "--repeats", "1",
-                           "--no-sweep", "--out", str(out)],
+                           "--video", str(video_file), "--threads", "2", "--seconds", "0.3", "--frames", "60",
+                           "--repeats", "1", "--no-sweep", "--out", str(out)],
                           cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(next(out.glob("bench-*.json")).read_text())
+    # The user's own clip is the one decoded, and the run says what it was.
+    assert result["video"] == {"path": str(video_file), "codec": "MJPG", "width": 640, "height": 480, "frames": 30,
+                               "generated": False}
+    assert f"video: {video_file} (MJPG, 640x480, 30 frames, looped)" in proc.stdout
     assert result["machine"]["cores"] >= 1 and result["lanes"] == 2 and result["batch"] == 4
     assert result["bare_batched"]["batch"] == 4 and result["bare_batched"]["fps"] > 0
     for name in ("synthetic", "video", "synthetic_batch1", "video_batch1", "synthetic_one_lane", "video_one_lane"):
@@ -47,3 +53,21 @@ def test_bench_writes_json_and_chart(tiny_model, tmp_path):
     assert bound["video"]["core_ms_per_frame"] > bound["synthetic"]["core_ms_per_frame"]
     assert bound["video"]["fps"] < bound["synthetic"]["fps"]
     assert result["daemon"]["video"]["ratio_median"] == result["daemon"]["video"]["ratio_rounds"][0]
+
+
+def test_generated_clip_is_the_size_asked_for(tmp_path):
+    clip = make_video(tmp_path / "bench.avi", 320, 240, frames=12)
+    assert video_info(clip) == {"path": str(clip), "codec": "MJPG", "width": 320, "height": 240, "frames": 12}
+    cap = cv2.VideoCapture(str(clip))
+    first, second = cap.read()[1], cap.read()[1]
+    assert first.shape == (240, 320, 3) and not np.array_equal(first, second)   # it moves: frames differ
+
+
+def test_bench_names_a_video_it_cannot_open(tiny_model, tmp_path):
+    bogus = tmp_path / "clip.mp4"
+    bogus.write_bytes(b"not a video")
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model),
+                           "--video", str(bogus), "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--video: {bogus}: OpenCV cannot open this video" in proc.stderr

@@ -289,7 +289,9 @@ def test_batch_policy(tiny_model, video_file, fixtures):
 def test_camera_rate_source_does_not_spin_cores(fixtures):
     # Between a 30 fps camera's frames there is nothing to do: onnxruntime's worker threads must
     # sleep, not spin-wait (spinning burned a whole core here). EDGE_ORT_SPINNING=1 brings it back.
-    model = fixtures / "models" / "mobilenet_v2_1.0_224_quant.onnx"
+    # A small real model, so that the frames' own work stays far below a core on any host (MobileNetV2
+    # 224 quantised takes 14 ms a frame on an AVX2-only EPYC: 0.42 cores at 30 fps before any waiting).
+    model = fixtures / "models" / "mobilenet_v1_0.25_128_quant.onnx"
     args = ("--source", "synthetic://640x480?fps=30", "--model", model, "--threads", "2", "--max-frames", "75",
             "--stats-interval", "60")
     used = {}
@@ -306,8 +308,8 @@ def test_camera_rate_source_does_not_spin_cores(fixtures):
         cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
         used[spin] = cpu / wall
         assert ("2 thread(s) (no spin-wait)" in result.stderr) == (spin is None)
-    assert used[None] < 0.5, used        # measured 0.28 with startup (1.15 spinning)
-    assert used["1"] > 2 * used[None], used
+    assert used[None] < 0.5, used        # measured 0.36 with startup (1.16 spinning)
+    assert used["1"] > 2 * used[None] and used["1"] - used[None] > 0.5, used
 
 
 def test_lanes_default_two_for_files_one_for_live(tiny_model, video_file):

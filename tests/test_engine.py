@@ -117,6 +117,8 @@ def test_onnxruntime_knobs_from_the_environment(monkeypatch, tiny_model):
     plain = session_options(2)
     assert plain.intra_op_num_threads == 2
     assert plain.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # Exact INT8 kernels on x86 CPUs without VNNI (what it changes: tests/models/test_model_quantize.py).
+    assert plain.get_session_config_entry("session.x64quantprecision") == "1"
     assert session_options(2, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(Exception, match="mlas.disable_kleidiai"):
         plain.get_session_config_entry("mlas.disable_kleidiai")      # not set unless asked

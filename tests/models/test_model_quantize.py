@@ -21,6 +21,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from edge_runtime import model_spec as ms  # noqa: E402
+from edge_runtime.engine import Engine  # noqa: E402
 from edge_runtime.preprocess import Preprocessor  # noqa: E402
 
 from models import quantize  # noqa: E402
@@ -86,13 +87,14 @@ def test_int8_carries_the_sidecar_description(int8, fixtures, tmp_path, onnx_met
     assert "per-channel" in info["quantization"] and "18 images" in info["quantization"]
     assert info["source_model"].startswith(f"{FLOAT_MODEL}.onnx") and info["quantizer"].startswith("edge_runtime")
 
+    # Run as the daemon runs it (its session options: exact INT8 arithmetic on any x86 CPU).
     expected = json.loads((fixtures / "expected.json").read_text())["models"][FLOAT_MODEL]
-    session = ort.InferenceSession(str(lonely), providers=["CPUExecutionProvider"])
-    prep = Preprocessor(spec.input)
+    engine = Engine(str(lonely), 1)
+    prep = Preprocessor(engine.spec.input)
     for name, case in expected.items():
         if case["robust"]:
-            logits = session.run(None, {"input": prep(cv2.imread(str(fixtures / "photos" / name)))})[0]
-            assert spec.label(int(logits.argmax())) == case["label"], name
+            logits = engine.run(prep(cv2.imread(str(fixtures / "photos" / name))))
+            assert engine.spec.label(int(logits.argmax())) == case["label"], name
 
 
 def test_quantizes_our_own_export(tmp_path, run_model_tool, onnx_metadata, fixtures):
