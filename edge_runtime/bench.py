@@ -28,18 +28,27 @@ from .config import DEFAULT_MODEL
 from .engine import Engine
 
 
+# CPU features that change onnxruntime's kernels, and so the numbers: INT8 dot products (VNNI on x86,
+# asimddp/i8mm on ARM) and vector width. Printed so that two boards' results can be compared.
+KERNEL_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
+    features: list[str] = []
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
         info = {k.strip().lower(): v.strip() for k, v in info.items()}
         # x86: "model name"; Raspberry Pi: "Model" (the board); other ARM: "Hardware" or the CPU part number.
         cpu = info.get("model name") or info.get("model") or info.get("hardware") or \
             (f"ARM implementer {info['cpu implementer']} part {info['cpu part']}" if "cpu part" in info else cpu)
+        flags = set((info.get("flags") or info.get("features") or "").split())
+        features = [f for f in KERNEL_FEATURES if f in flags]
     except OSError:
         pass
     import onnxruntime as ort
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+    return {"cpu": cpu, "cpu_features": features, "cores": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version(),
             "onnxruntime": ort.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
             "edge_runtime": __version__}
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from conftest import REPO, daemon_env
-from edge_runtime.bench import make_video, video_info
+from edge_runtime.bench import KERNEL_FEATURES, make_video, video_info
 
 
 def test_bench_writes_json_and_chart(tiny_model, video_file, tmp_path):
@@ -25,6 +25,10 @@ def test_bench_writes_json_and_chart(tiny_model, video_file, tmp_path):
     assert result["video"] == {"path": str(video_file), "codec": "MJPG", "width": 640, "height": 480, "frames": 30,
                                "generated": False}
     assert f"video: {video_file} (MJPG, 640x480, 30 frames, looped)" in proc.stdout
+    # The CPU features that decide onnxruntime's kernels (INT8 above all) are printed with the machine.
+    flags = {w for line in open("/proc/cpuinfo") if line.lower().startswith(("flags", "features"))
+             for w in line.split(":", 1)[1].split()}
+    assert result["machine"]["cpu_features"] == [f for f in KERNEL_FEATURES if f in flags]
     assert result["machine"]["cores"] >= 1 and result["lanes"] == 2 and result["batch"] == 4
     assert result["bare_batched"]["batch"] == 4 and result["bare_batched"]["fps"] > 0
     for name in ("synthetic", "video", "synthetic_batch1", "video_batch1", "synthetic_one_lane", "video_one_lane"):
