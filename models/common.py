@@ -71,17 +71,13 @@ def load_onnx(path: str | Path):
 
 
 def ort_session(path: str | Path, threads: int = 0):
-    """A CPU onnxruntime session (threads 0 = onnxruntime's default), with errors naming the file."""
+    """A CPU onnxruntime session made with the daemon's own session options (threads 0 = onnxruntime's
+    default), so that evaluations and timings here are what the device computes; errors name the file."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    # Exact INT8 arithmetic on x86 CPUs without VNNI, as the daemon runs it (edge_runtime/engine.py):
-    # otherwise an evaluation here reports saturation errors that the Pi's ARM cores never make.
-    opts.add_session_config_entry("session.x64quantprecision", "1")
+    from edge_runtime.engine import session_options
+
+    opts = session_options(threads)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
