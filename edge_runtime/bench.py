@@ -23,9 +23,10 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .cli import batch_size, lane_count, lane_engines
+from . import config as config_mod
 from .config import DEFAULT_MODEL
 from .engine import Engine
+from .plan import RunPlan, lane_engines, load_model, plan_run
 
 
 # CPU features that change onnxruntime's kernels, and so the numbers: INT8 dot products (VNNI on x86,
@@ -84,14 +85,14 @@ def bare_session(model: str, threads: int, seconds: float, batch: int = 1) -> di
     return {"threads": engine.threads, "batch": batch, "fps": round(batch * len(samples) / wall, 2), **_stat(samples)}
 
 
-def bare_lanes(model: str, threads: int, lanes: int, batch: int, seconds: float) -> dict:
+def bare_lanes(model: str, plan: RunPlan, seconds: float) -> dict:
     """The daemon's inference with nothing else around it: its lanes (threads, sessions and batch made
-    as the daemon makes them), each calling session.run back to back, side by side. The most frames
+    from the daemon's own plan), each calling session.run back to back, side by side. The most frames
     the daemon's inference can deliver on these cores."""
     import threading
 
-    per_lane = max(1, threads // lanes)
-    engines = lane_engines(Engine(model, per_lane, mem_pattern=per_lane == 1 or batch == 1), lanes)
+    lanes, per_lane, batch = plan.lanes, plan.per_lane, plan.batch
+    engines = lane_engines(Engine(model, per_lane, mem_pattern=plan.mem_pattern, spinning=plan.spinning), lanes)
     for engine in dict.fromkeys(engines):
         engine.warm_up(10, batch=batch)
     shape = (batch,) + engines[0].input_shape()[1:]
@@ -136,7 +137,7 @@ def stages(model: str, threads: int, width: int, height: int, video: Path, secon
     """Each stage alone, on the same frames the pipeline sees."""
     from .postprocess import Postprocessor
     from .preprocess import Preprocessor
-    from .sinks.stdout import dumps
+    from .jsonline import dumps
     from .sources import SourceOptions, open_source
 
     engine = Engine(model, threads)
@@ -312,7 +313,7 @@ def chart(result: dict, path: Path) -> None:
     cv2.imwrite(str(path), img)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m edge_runtime bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--int8", metavar="MODEL", help="an INT8 model to compare against --model")
@@ -327,8 +328,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds of bare + daemon runs; the ratio is best daemon round / best bare round")
     ap.add_argument("--no-sweep", action="store_true", help="skip the thread sweep")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def daemon_plan(model: str, threads: int, source: str) -> RunPlan:
+    """The plan the daemon makes for `source` with default settings (lanes, batch, sessions)."""
+    cfg = config_mod.Config(model=model, threads=threads)
+    return load_model(plan_run(cfg, source), cfg)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not Path(args.model).exists():
         print(f"model {args.model} not found; make one: python models/export.py --arch small --weights random "
               f"--output {args.model}", file=sys.stderr)
@@ -352,125 +362,23 @@ def main(argv: list[str] | None = None) -> int:
         v = result["video"]
         print(f"video: {'generated ' if v['generated'] else ''}{v['path']} ({v['codec']}, "
               f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
-
-        # This machine's speed drifts (shared cores, turbo, neighbours): bare and daemon runs alternate
-        # in `--repeats` rounds, each round's daemon runs right after its bare run.
-        lanes = lane_count(0, live=False, threads=threads)
-        batch = batch_size(0, False, Engine(args.model, 1))
-        result["lanes"], result["batch"] = lanes, batch
+        plan = daemon_plan(args.model, threads, f"synthetic://{width}x{height}")
+        result["lanes"], result["batch"] = plan.lanes, plan.batch
         sources = {"synthetic": (f"synthetic://{width}x{height}",), "video": (str(video), "--loop")}
-        # The default (lanes and batch chosen by the daemon), and what each contributes: one frame per
-        # inference, and the first design (one session, one frame at a time).
-        kinds = {"": (), "_batch1": ("--batch", "1"), "_one_lane": ("--lanes", "1", "--batch", "1")}
-        if batch == 1:
-            del kinds["_batch1"]
-        if lanes == 1:
-            del kinds["_one_lane"]
-        variants = [(name + kind, extra) for kind, extra in kinds.items() for name in sources]
-        rounds: dict[str, list[dict]] = {name: [] for name, _ in variants}
-        bares, bares_batched, bares_lanes = [], [], []
-        for r in range(args.repeats):
-            bare = bare_session(args.model, threads, args.seconds)
-            bares.append(bare)
-            if batch > 1:
-                bares_batched.append(bare_session(args.model, threads, args.seconds, batch=batch))
-            if lanes > 1:
-                bares_lanes.append(bare_lanes(args.model, threads, lanes, batch, args.seconds))
-            for name, extra in variants:
-                source, *src_extra = sources[name.split("_")[0]]
-                run = daemon_run(args.model, threads, source, *src_extra, *extra, max_frames=args.frames,
-                                 out_dir=tmp_dir)
-                run["ratio_vs_bare"] = round(run["fps"] / bare["fps"], 3)
-                rounds[name].append(run)
-            print(f"round {r + 1}/{args.repeats}: bare {bare['fps']:.1f} fps"
-                  + (f" (batch {batch}: {bares_batched[-1]['fps']:.1f})" if bares_batched else "") + "; "
-                  + ", ".join(f"{n} {v[-1]['ratio_vs_bare']:.3f}x" for n, v in rounds.items()))
-        result["bare"] = dict(max(bares, key=lambda b: b["fps"]), fps_rounds=[b["fps"] for b in bares])
-        print(f"bare session.run: {result['bare']['fps']:.1f} fps (best of {len(bares)} rounds "
-              f"{result['bare']['fps_rounds']}), median {result['bare']['median_ms']:.3f} ms")
-        if bares_batched:
-            # Not the issue's limit (that is one frame per call), but the model's own limit at the batch
-            # the daemon uses: how much of the gain is batching itself.
-            result["bare_batched"] = dict(max(bares_batched, key=lambda b: b["fps"]),
-                                          fps_rounds=[b["fps"] for b in bares_batched])
-            print(f"bare session.run, {batch} frames per call: {result['bare_batched']['fps']:.1f} fps "
-                  f"(best of rounds {result['bare_batched']['fps_rounds']})")
-        if bares_lanes:
-            result["bare_lanes"] = dict(max(bares_lanes, key=lambda b: b["fps"]),
-                                        fps_rounds=[b["fps"] for b in bares_lanes])
-            print(f"bare session.run in the daemon's {lanes} lanes side by side, {batch} frame(s) per call: "
-                  f"{result['bare_lanes']['fps']:.1f} fps (best of rounds {result['bare_lanes']['fps_rounds']})")
+        rounds, bares = run_rounds(args, plan, sources, tmp_dir)
+        summarize_bare(result, bares, plan)
         result["stages"] = stages(args.model, threads, width, height, video, args.seconds)
-        for name, s in result["stages"].items():
-            print(f"  stage {name:18s} median {s['median_ms']:.4f} ms  p95 {s['p95_ms']:.4f} ms")
+        for name, st in result["stages"].items():
+            print(f"  stage {name:18s} median {st['median_ms']:.4f} ms  p95 {st['p95_ms']:.4f} ms")
         result["preprocess_vs_inference"] = round(result["stages"]["preprocess"]["median_ms"]
                                                   / result["stages"]["inference"]["median_ms"], 3)
-
-        # Headline ratio: best daemon round ÷ best bare round. A slow phase of the machine drags either
-        # side down; best-of-N on both sides compares the two at the machine's full speed. The
-        # per-round ratios (each against the bare run just before it) are kept beside it.
-        runs = {}
-        for name, got in rounds.items():
-            ratios = [x["ratio_vs_bare"] for x in got]
-            best = max(got, key=lambda x: x["fps"])
-            runs[name] = dict(best, ratio_vs_bare=round(best["fps"] / result["bare"]["fps"], 3), ratio_rounds=ratios,
-                              ratio_median=round(float(np.median(ratios)), 3))
-            one_lane, one_frame = name.endswith("_one_lane"), name.endswith(("_one_lane", "_batch1"))
-            note = f"{1 if one_lane else lanes} lane(s), batch {1 if one_frame else batch}"
-            versus = ""
-            if not one_frame and "bare_batched" in result:
-                runs[name]["ratio_vs_bare_batched"] = round(best["fps"] / result["bare_batched"]["fps"], 3)
-                versus = f", {runs[name]['ratio_vs_bare_batched']:.3f}x bare at batch {batch}"
-            print(f"daemon on {name} ({note}): {best['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
-                  f"bare{versus} (best of rounds; per round {ratios}, median {runs[name]['ratio_median']:.3f}x); "
-                  f"cpu {best['cpu_cores_used']} cores, "
-                  f"peak rss {best['peak_rss_mb']} MB, first prediction {best['first_prediction_s']} s")
-        # What the cores allow at all: the daemon's own inference arrangement, measured bare, plus each
-        # frame's other work on the same cores. The daemon's ratio cannot exceed this bound's.
-        lanes_fps = result.get("bare_lanes", result["bare_batched"] if batch > 1 else result["bare"])["fps"]
-        per_lane = max(1, threads // lanes)
-        result["ceiling"] = ceiling(result["stages"], lanes_fps, lanes * per_lane, os.cpu_count() or 1,
-                                    result["bare"]["fps"])
-        for name in ("synthetic", "video"):
-            bound = result["ceiling"][name]
-            bound["daemon_share"] = round(runs[name]["fps"] / bound["fps"], 3)
-            print(f"ceiling on {name}: {bound['fps']:.0f} fps = {bound['ratio_vs_bare']:.3f}x bare "
-                  f"(core time a frame: inference {result['ceiling']['inference_core_ms']:.3f} ms + capture "
-                  f"{bound['capture_ms']:.3f} + preprocess/postprocess/publish {result['ceiling']['other_ms']:.3f}, "
-                  f"on {os.cpu_count()} cores); the daemon reaches {bound['daemon_share']:.0%} of it")
-        live = daemon_run(args.model, threads, f"synthetic://{width}x{height}?fps=30", max_frames=150,
-                          out_dir=tmp_dir)
-        budget = result["stages"]["inference"]["median_ms"] + 1000.0 / 30
-        live["latency_budget_ms"] = round(budget, 3)
-        live["p95_within_budget"] = live["total_latency_ms"]["p95_ms"] <= budget
-        runs["live_30fps"] = live
-        print(f"live 30 fps: capture-to-publish p95 {live['total_latency_ms']['p95_ms']:.2f} ms "
-              f"(budget: one inference + one frame interval = {budget:.2f} ms); cpu {live['cpu_cores_used']} cores "
-              f"(including start-up)")
+        runs = summarize_runs(result, rounds, plan)
+        report_ceiling(result, runs, plan)
+        runs["live_30fps"] = live_run(args.model, threads, width, height, result["stages"], tmp_dir)
         result["daemon"] = runs
-
         if args.int8:
-            int8_bare = bare_session(args.int8, threads, args.seconds)
-            int8_run = daemon_run(args.int8, threads, f"synthetic://{width}x{height}", max_frames=args.frames,
-                                  out_dir=tmp_dir)
-            result["int8"] = {"model": args.int8, "bare": int8_bare, "daemon": int8_run,
-                              "speedup_bare": round(int8_bare["fps"] / result["bare"]["fps"], 3),
-                              "size_mb": round(Path(args.int8).stat().st_size / 1e6, 2),
-                              "fp32_size_mb": round(Path(args.model).stat().st_size / 1e6, 2)}
-            print(f"INT8: bare {int8_bare['fps']:.1f} fps ({result['int8']['speedup_bare']:.2f}x FP32), "
-                  f"daemon {int8_run['fps']:.1f} fps")
-
-        sweep = []
-        if not args.no_sweep:
-            for n in range(1, (os.cpu_count() or 1) + 1):
-                bare = bare_session(args.model, n, args.seconds / 2)
-                run = daemon_run(args.model, n, f"synthetic://{width}x{height}", max_frames=args.frames // 2,
-                                 out_dir=tmp_dir)
-                sweep.append({"threads": n, "bare_fps": bare["fps"], "pipeline_fps": run["fps"],
-                              "ratio": round(run["fps"] / bare["fps"], 3)})
-                print(f"threads {n}: bare {bare['fps']:.1f} fps, daemon {run['fps']:.1f} fps "
-                      f"({sweep[-1]['ratio']:.3f}x)")
-        result["thread_sweep"] = sweep
+            result["int8"] = int8_compare(args, threads, width, height, result["bare"]["fps"], tmp_dir)
+        result["thread_sweep"] = [] if args.no_sweep else thread_sweep(args, width, height, tmp_dir)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = out_dir / f"bench-{stamp}.json"
@@ -479,3 +387,129 @@ def main(argv: list[str] | None = None) -> int:
     chart(result, png_path)
     print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def run_rounds(args, plan: RunPlan, sources: dict, tmp_dir: Path) -> tuple[dict[str, list[dict]], dict[str, list]]:
+    """This machine's speed drifts (shared cores, turbo, neighbours): bare and daemon runs alternate
+    in `--repeats` rounds, each round's daemon runs right after its bare run. The daemon runs with its
+    own plan, and with what each part contributes: one frame per inference, and the first design
+    (one session, one frame at a time)."""
+    threads, batch, lanes = plan.threads, plan.batch, plan.lanes
+    kinds = {"": (), "_batch1": ("--batch", "1"), "_one_lane": ("--lanes", "1", "--batch", "1")}
+    if batch == 1:
+        del kinds["_batch1"]
+    if lanes == 1:
+        del kinds["_one_lane"]
+    variants = [(name + kind, extra) for kind, extra in kinds.items() for name in sources]
+    rounds: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    bares: dict[str, list] = {"bare": [], "batched": [], "lanes": []}
+    for r in range(args.repeats):
+        bare = bare_session(args.model, threads, args.seconds)
+        bares["bare"].append(bare)
+        if batch > 1:
+            bares["batched"].append(bare_session(args.model, threads, args.seconds, batch=batch))
+        if lanes > 1:
+            bares["lanes"].append(bare_lanes(args.model, plan, args.seconds))
+        for name, extra in variants:
+            source, *src_extra = sources[name.split("_")[0]]
+            run = daemon_run(args.model, threads, source, *src_extra, *extra, max_frames=args.frames,
+                             out_dir=tmp_dir)
+            run["ratio_vs_bare"] = round(run["fps"] / bare["fps"], 3)
+            rounds[name].append(run)
+        print(f"round {r + 1}/{args.repeats}: bare {bare['fps']:.1f} fps"
+              + (f" (batch {batch}: {bares['batched'][-1]['fps']:.1f})" if bares["batched"] else "") + "; "
+              + ", ".join(f"{n} {v[-1]['ratio_vs_bare']:.3f}x" for n, v in rounds.items()))
+    return rounds, bares
+
+
+def _best(runs: list[dict]) -> dict:
+    return dict(max(runs, key=lambda b: b["fps"]), fps_rounds=[b["fps"] for b in runs])
+
+
+def summarize_bare(result: dict, bares: dict[str, list], plan: RunPlan) -> None:
+    result["bare"] = _best(bares["bare"])
+    print(f"bare session.run: {result['bare']['fps']:.1f} fps (best of {len(bares['bare'])} rounds "
+          f"{result['bare']['fps_rounds']}), median {result['bare']['median_ms']:.3f} ms")
+    if bares["batched"]:
+        # Not the issue's limit (that is one frame per call), but the model's own limit at the batch
+        # the daemon uses: how much of the gain is batching itself.
+        result["bare_batched"] = _best(bares["batched"])
+        print(f"bare session.run, {plan.batch} frames per call: {result['bare_batched']['fps']:.1f} fps "
+              f"(best of rounds {result['bare_batched']['fps_rounds']})")
+    if bares["lanes"]:
+        result["bare_lanes"] = _best(bares["lanes"])
+        print(f"bare session.run in the daemon's {plan.lanes} lanes side by side, {plan.batch} frame(s) per call: "
+              f"{result['bare_lanes']['fps']:.1f} fps (best of rounds {result['bare_lanes']['fps_rounds']})")
+
+
+def summarize_runs(result: dict, rounds: dict[str, list[dict]], plan: RunPlan) -> dict:
+    """Headline ratio: best daemon round ÷ best bare round. A slow phase of the machine drags either
+    side down; best-of-N on both sides compares the two at the machine's full speed. The per-round
+    ratios (each against the bare run just before it) are kept beside it."""
+    runs = {}
+    for name, got in rounds.items():
+        ratios = [x["ratio_vs_bare"] for x in got]
+        best = max(got, key=lambda x: x["fps"])
+        runs[name] = dict(best, ratio_vs_bare=round(best["fps"] / result["bare"]["fps"], 3), ratio_rounds=ratios,
+                          ratio_median=round(float(np.median(ratios)), 3))
+        one_lane, one_frame = name.endswith("_one_lane"), name.endswith(("_one_lane", "_batch1"))
+        note = f"{1 if one_lane else plan.lanes} lane(s), batch {1 if one_frame else plan.batch}"
+        versus = ""
+        if not one_frame and "bare_batched" in result:
+            runs[name]["ratio_vs_bare_batched"] = round(best["fps"] / result["bare_batched"]["fps"], 3)
+            versus = f", {runs[name]['ratio_vs_bare_batched']:.3f}x bare at batch {plan.batch}"
+        print(f"daemon on {name} ({note}): {best['fps']:.1f} fps = {runs[name]['ratio_vs_bare']:.3f}x "
+              f"bare{versus} (best of rounds; per round {ratios}, median {runs[name]['ratio_median']:.3f}x); "
+              f"cpu {best['cpu_cores_used']} cores, "
+              f"peak rss {best['peak_rss_mb']} MB, first prediction {best['first_prediction_s']} s")
+    return runs
+
+
+def report_ceiling(result: dict, runs: dict, plan: RunPlan) -> None:
+    """What the cores allow at all: the daemon's own inference arrangement, measured bare, plus each
+    frame's other work on the same cores. The daemon's ratio cannot exceed this bound's."""
+    lanes_fps = result.get("bare_lanes", result["bare_batched"] if plan.batch > 1 else result["bare"])["fps"]
+    result["ceiling"] = ceiling(result["stages"], lanes_fps, plan.lanes * plan.per_lane, os.cpu_count() or 1,
+                                result["bare"]["fps"])
+    for name in ("synthetic", "video"):
+        bound = result["ceiling"][name]
+        bound["daemon_share"] = round(runs[name]["fps"] / bound["fps"], 3)
+        print(f"ceiling on {name}: {bound['fps']:.0f} fps = {bound['ratio_vs_bare']:.3f}x bare "
+              f"(core time a frame: inference {result['ceiling']['inference_core_ms']:.3f} ms + capture "
+              f"{bound['capture_ms']:.3f} + preprocess/postprocess/publish {result['ceiling']['other_ms']:.3f}, "
+              f"on {os.cpu_count()} cores); the daemon reaches {bound['daemon_share']:.0%} of it")
+
+
+def live_run(model: str, threads: int, width: int, height: int, stage_ms: dict, tmp_dir: Path) -> dict:
+    live = daemon_run(model, threads, f"synthetic://{width}x{height}?fps=30", max_frames=150, out_dir=tmp_dir)
+    budget = stage_ms["inference"]["median_ms"] + 1000.0 / 30
+    live["latency_budget_ms"] = round(budget, 3)
+    live["p95_within_budget"] = live["total_latency_ms"]["p95_ms"] <= budget
+    print(f"live 30 fps: capture-to-publish p95 {live['total_latency_ms']['p95_ms']:.2f} ms "
+          f"(budget: one inference + one frame interval = {budget:.2f} ms); cpu {live['cpu_cores_used']} cores "
+          f"(including start-up)")
+    return live
+
+
+def int8_compare(args, threads: int, width: int, height: int, fp32_fps: float, tmp_dir: Path) -> dict:
+    int8_bare = bare_session(args.int8, threads, args.seconds)
+    int8_run = daemon_run(args.int8, threads, f"synthetic://{width}x{height}", max_frames=args.frames,
+                          out_dir=tmp_dir)
+    out = {"model": args.int8, "bare": int8_bare, "daemon": int8_run,
+           "speedup_bare": round(int8_bare["fps"] / fp32_fps, 3),
+           "size_mb": round(Path(args.int8).stat().st_size / 1e6, 2),
+           "fp32_size_mb": round(Path(args.model).stat().st_size / 1e6, 2)}
+    print(f"INT8: bare {int8_bare['fps']:.1f} fps ({out['speedup_bare']:.2f}x FP32), daemon {int8_run['fps']:.1f} fps")
+    return out
+
+
+def thread_sweep(args, width: int, height: int, tmp_dir: Path) -> list[dict]:
+    sweep = []
+    for n in range(1, (os.cpu_count() or 1) + 1):
+        bare = bare_session(args.model, n, args.seconds / 2)
+        run = daemon_run(args.model, n, f"synthetic://{width}x{height}", max_frames=args.frames // 2,
+                         out_dir=tmp_dir)
+        sweep.append({"threads": n, "bare_fps": bare["fps"], "pipeline_fps": run["fps"],
+                      "ratio": round(run["fps"] / bare["fps"], 3)})
+        print(f"threads {n}: bare {bare['fps']:.1f} fps, daemon {run['fps']:.1f} fps ({sweep[-1]['ratio']:.3f}x)")
+    return sweep

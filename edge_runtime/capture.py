@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Protocol
 
 from .errors import UserError
 from .sources import Frame, SkipFrame, Source, SourceLost
@@ -30,8 +30,19 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH = 2   # frames read ahead for files: enough to overlap decoding with inference
 
 
+class FrameFeed(Protocol):
+    """Where the lanes take frames from: a Handoff (filled by a CaptureThread) or an InlineReader."""
+    error: BaseException | None     # why the source ended, if it failed
+
+    def get(self, timeout: float) -> Frame | None:
+        """The next frame, or None: nothing yet (a live source), a skipped item, or the end."""
+
+    def drained(self) -> bool:
+        """The source has ended and every frame has been taken."""
+
+
 class Handoff:
-    """Frames from the capture thread to the lanes."""
+    """Frames from the capture thread to the lanes (a FrameFeed)."""
 
     def __init__(self, latest: bool, stats: Stats, depth: int = QUEUE_DEPTH):
         self._cond = threading.Condition()
@@ -80,7 +91,7 @@ class InlineReader:
 
     On a 2-core board onnxruntime's threads already use both cores; a reader thread only adds
     context switches and contention (measured: the threaded reader was slower, docs/BENCHMARKS.md).
-    Same interface as Handoff."""
+    A FrameFeed, like Handoff."""
 
     def __init__(self, make_source: Callable[[], Source], stats: Stats):
         self.source = make_source()

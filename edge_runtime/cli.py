@@ -12,7 +12,7 @@ import time
 
 from . import __version__
 from . import config as config_mod
-from .errors import EXIT_OK, EXIT_UNEXPECTED, ModelError, UserError, first_line
+from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
 
 log = logging.getLogger("edge_runtime")
 
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 2 for files/folders/unthrottled synthetic, 1 for live sources)")
     p.add_argument("--batch", type=int, metavar="N",
                    help="frames per inference for files, folders and unthrottled synthetic (default: "
-                        f"{AUTO_BATCH} when the model takes a batch, else 1); live and --realtime sources: 1")
+                        f"{config_mod.AUTO_BATCH} when the model takes a batch, else 1); live and --realtime "
+                        "sources: 1")
     p.add_argument("--top-k", type=int, metavar="K", help="labels per prediction (default 5)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 5)")
@@ -128,96 +129,19 @@ def install_signal_handlers() -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .notify import Notifier
-    from .pipeline import Pipeline, PipelineOptions
-    from .sinks import LogSink, StdoutSink
-    from .stats import Stats
-    from .sources import SourceOptions, camera_uri, open_source
+    from .plan import load_model, plan_run, source_uri
 
     started = time.perf_counter()
-    stop = STOP
     flag_names = {key: flag for key, flag in FLAG_KEYS.values()}
     cfg = config_mod.load(args.config, overrides_from(args), flag_names)
     setup_logging(cfg.log.level)
-
-    if cfg.camera is not None:
-        uri = camera_uri(cfg.camera)
-    elif cfg.source is not None:
-        uri = cfg.source
-    else:
-        raise UserError("no source: give --source URI or --camera N (or `source:` in the config file); "
-                        "try --source synthetic://640x480 to see it work without a camera")
-
-    if cfg.model == config_mod.DEFAULT_MODEL and not os.path.exists(cfg.model):
-        raise UserError(f"model {cfg.model}: file not found. Make one with `python models/export.py --arch small "
-                        f"--weights random --output {cfg.model}` (untrained; see models/README.md for "
-                        "trained weights) or point --model at your .onnx file")
-    try:
-        live = open_source(uri, SourceOptions(loop=cfg.loop, realtime=cfg.realtime)).live
-    except UserError:
-        live = True     # a bad source string is reported below, after the model's own checks
-    threads = cfg.threads or os.cpu_count() or 1
-    lanes = lane_count(cfg.lanes, live, threads)
-    paced = live or cfg.realtime
-    per_lane = max(1, threads // lanes)
-    # One-thread lanes share one session: onnxruntime's Run is thread-safe and, with one thread, runs
-    # in its caller's thread, so the lanes share the weights and the arena instead of a copy each.
-    # Several threads a lane: a session each, with its own thread pool. onnxruntime's memory pattern
-    # (one planned block per input shape) kept the shared session fastest, but cost separate batched
-    # sessions 15 MB each for nothing (measured, docs/BENCHMARKS.md). The session is made with all
-    # this from the start: one made and thrown away would leave ~15 MB behind. A paced source (a camera)
-    # leaves time between frames: worker threads then sleep instead of spin-waiting through it.
-    engine = Engine(cfg.model, per_lane, config_spec=cfg.model_spec, config_file=args.config,
-                    config_dir=config_mod.config_dir(args.config),
-                    mem_pattern=per_lane == 1 or batch_size(cfg.batch, paced) == 1, spinning=not paced)
-    batch = batch_size(cfg.batch, paced, engine)
-    spec = engine.spec.input
-    source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
-                                   height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
-                                   model_size=tuple(spec.size), model_resize=spec.resize)
-    probe = open_source(uri, source_options)      # refuse a bad source string before anything starts
-
+    plan = plan_run(cfg, source_uri(cfg))
+    plan, engine = load_model(plan, cfg, args.config)
     if args.validate_config:
-        print(f"config OK: source {uri}; model {engine.describe()}")
+        print(f"config OK: source {plan.uri}; model {engine.describe()}")
         return EXIT_OK
-
-    import cv2
-    # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
-    # fight onnxruntime's threads for the same cores (measured: slower, not faster).
-    cv2.setNumThreads(1)
-    log.info("model: %s", engine.describe())
-    warn_untrained(engine)
-    engines = lane_engines(engine, lanes)
-    sessions = list(dict.fromkeys(engines))
-    for e in sessions:
-        e.warm_up(batch=batch)
-    if lanes > 1 or batch > 1:
-        shared = ", one shared session" if lanes > 1 and len(sessions) == 1 else ""
-        log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
-                 "published in order", lanes, engines[0].threads, shared, batch)
-
-    stats = Stats()
-    stdout_sink = StdoutSink(predictions=not cfg.quiet_predictions, live=probe.live, stats=stats, stop=stop)
-    sinks = [stdout_sink, LogSink(predictions=cfg.log.predictions)]
-    http_sink = None
-    if cfg.http.listen:
-        from .sinks.http import HttpSink
-        http_sink = HttpSink(cfg.http, stats)
-        sinks.append(http_sink)
-    if cfg.mqtt.url:
-        from .sinks.mqtt import MqttSink
-        sinks.append(MqttSink(cfg.mqtt, cfg.publish, stats, config_dir=config_mod.config_dir(args.config)))
-    options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
-                              batch=batch,
-                              stall_timeout=cfg.capture.stall_timeout,
-                              reconnect_initial=cfg.capture.reconnect_initial_delay,
-                              reconnect_max=cfg.capture.reconnect_max_delay)
-    pipeline = Pipeline(lambda: open_source(uri, source_options), engines, sinks, options, stop=stop,
-                        notifier=Notifier(), stats=stats)
-    if http_sink is not None:
-        http_sink.attach(pipeline)
-    log.info("source: %s (%s); ready in %.2f s", uri, "live" if pipeline.live else "frame by frame",
+    pipeline, stdout_sink = build_daemon(cfg, plan, engine)
+    log.info("source: %s (%s); ready in %.2f s", plan.uri, "live" if plan.live else "frame by frame",
              time.perf_counter() - started)
     pipeline.run()
     pipeline.finish()
@@ -231,44 +155,42 @@ def run_daemon(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def lane_count(configured: int, live: bool, threads: int) -> int:
-    """Lanes to run. Auto (0): a file, folder or unthrottled synthetic source is about throughput, so
-    two single-thread lanes overlap one frame's Python work with the other's inference (measured,
-    docs/BENCHMARKS.md); a live source is about latency on the newest frame: one lane, all threads."""
-    if configured:
-        return configured
-    return 1 if live or threads < 2 else 2
+def build_daemon(cfg, plan, engine):
+    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the stdout sink."""
+    import cv2
 
+    from .notify import Notifier
+    from .pipeline import Pipeline, PipelineOptions
+    from .plan import lane_engines
+    from .sinks import SinkContext, StdoutSink, build_sinks
+    from .stats import Stats
 
-def lane_engines(engine, lanes: int) -> list:
-    """The engine of each lane: one-thread lanes share `engine`'s session; lanes of several threads get
-    a session each (a shared thread pool would serialise their parallel sections)."""
-    if engine.threads == 1:
-        return [engine] * lanes
-    return [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
-
-
-AUTO_BATCH = 4   # frames per session.run for throughput sources (measured, docs/BENCHMARKS.md)
-
-
-def batch_size(configured: int, paced: bool, engine=None) -> int:
-    """Frames per session.run. A live or paced source: 1, a frame is classified as soon as it is the
-    newest, never held back to fill a batch. Files, folders, unthrottled synthetic: auto (0) is
-    AUTO_BATCH when the model's batch axis is dynamic, else 1. Batching amortises onnxruntime's
-    per-operator overhead: more frames per second, each frame's result a few ms later.
-    Without an engine: the batch intended before the model is loaded."""
-    if paced:
-        if configured > 1 and engine is not None:
-            log.info("batch %d applies to files, folders and unthrottled synthetic sources; this source "
-                     "is classified one frame at a time", configured)
-        return 1
-    if engine is not None and not engine.batch_axis_dynamic:
-        if configured > 1:
-            raise ModelError(engine.path, f"its input '{engine.input.name}' has a fixed batch size of "
-                             f"{engine.input.shape[0]}, so --batch/batch: {configured} cannot be used "
-                             "(use 1, or 0 for auto)")
-        return 1
-    return configured or AUTO_BATCH
+    # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
+    # fight onnxruntime's threads for the same cores (measured: slower, not faster).
+    cv2.setNumThreads(1)
+    log.info("model: %s", engine.describe())
+    warn_untrained(engine)
+    engines = lane_engines(engine, plan.lanes)
+    sessions = list(dict.fromkeys(engines))
+    for e in sessions:
+        e.warm_up(batch=plan.batch)
+    if plan.lanes > 1 or plan.batch > 1:
+        shared = ", one shared session" if plan.lanes > 1 and len(sessions) == 1 else ""
+        log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
+                 "published in order", plan.lanes, engines[0].threads, shared, plan.batch)
+    stats = Stats()
+    sinks = build_sinks(cfg)
+    options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
+                              batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
+                              reconnect_initial=cfg.capture.reconnect_initial_delay,
+                              reconnect_max=cfg.capture.reconnect_max_delay)
+    pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.uri,
+                        stop=STOP, notifier=Notifier(), stats=stats)
+    context = SinkContext(stats=stats, stop=STOP, live=plan.live, model_info=engine.info(),
+                          health=pipeline.health)
+    for sink in sinks:
+        sink.start(context)
+    return pipeline, next(s for s in sinks if isinstance(s, StdoutSink))
 
 
 def _silence_stdout() -> None:

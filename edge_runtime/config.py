@@ -7,6 +7,7 @@ the file, the key path and what was expected.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,13 @@ from typing import Any
 import yaml
 
 from . import schema
+from .addresses import parse_broker_url, parse_listen
 from .errors import ConfigError
 from .schema import Invalid, all_of, at_least, field, greater_than, one_of
 
+log = logging.getLogger(__name__)
+
+AUTO_BATCH = 4   # frames per session.run for throughput sources when `batch` is 0 (measured, docs/BENCHMARKS.md)
 DEFAULT_MODEL = "models/mobilenetv3_small.onnx"
 DEFAULT_CONFIG_FILE = Path(__file__).parent / "data" / "config.yaml"
 
@@ -46,16 +51,14 @@ class LogConfig:
 
 
 def _mqtt_url(value: str) -> str | None:
-    from .sinks.mqtt import parse_url
     try:
-        parse_url(value)
+        parse_broker_url(value)
     except ValueError as exc:
         return str(exc)          # never echoes the URL: it may hold a password
     return None
 
 
 def _listen(value: str) -> str | None:
-    from .sinks.http import parse_listen
     try:
         parse_listen(value)
     except ValueError as exc:
@@ -171,14 +174,39 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+# One rule for relative paths, applied once, here: a path written in a config file is relative to
+# that file's folder; a path given on the command line, to the current directory. (A source is a URI,
+# not a path: `source:` is taken as written.)
+PATH_KEYS = ("model", "model_spec.labels", "mqtt.ca_file")
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        resolved = base / Path(value).expanduser()
+        if dotted == "model" and not resolved.exists() and Path(value).exists():
+            # Before this rule, `model:` was relative to the working directory: keep such configs working.
+            log.warning("config: model %s is not in the config's folder %s; using ./%s from the working "
+                        "directory (write an absolute path, or one relative to the config file)", value, base, value)
+            continue
+        node[leaf] = str(resolved)
+
+
 def load(config_file: str | None, overrides: dict[str, Any] | None = None,
          flag_names: dict[str, str] | None = None) -> Config:
-    """The config file (if any) with command-line overrides (dotted keys) on top."""
+    """The config file (if any) with command-line overrides (dotted keys) on top; relative paths resolved."""
     data: dict = {}
     file_label = None
     if config_file:
         data = _load_yaml(Path(config_file))
         file_label = config_file
+        _resolve_paths(data, Path(config_file).resolve().parent)
         schema.build(Config, data, file=file_label)      # the file alone must be valid
     if overrides:
         for key, value in overrides.items():
@@ -192,7 +220,4 @@ def load(config_file: str | None, overrides: dict[str, Any] | None = None,
             raise ConfigError(exc.detail, file="command line", key=flag) from None
     return schema.build(Config, data, file=file_label)
 
-
-def config_dir(config_file: str | None) -> Path | None:
-    return Path(config_file).resolve().parent if config_file else None
 

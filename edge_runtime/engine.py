@@ -62,13 +62,15 @@ def ort_message(exc: BaseException) -> str:
 class Engine:
     """Wraps one InferenceSession. `run(tensor)` returns the first output as a flat 1-D array."""
 
-    def __init__(self, model_path: str, threads: int = 0, *, config_spec: Any = None,
-                 config_file: str | None = None, config_dir: Path | None = None, mem_pattern: bool = True,
+    def __init__(self, model_path: str, threads: int = 0, *, spec: ms.ModelSpec | None = None,
+                 config_spec: Any = None, spec_origin: str | None = None, mem_pattern: bool = True,
                  spinning: bool = True):
+        """`spec`: the model's resolved description; without it, it is resolved here from the model's
+        metadata, its sidecar, `config_spec` (a sidecar-format dict whose paths are already resolved,
+        named `spec_origin` in messages) or the defaults (model_spec.resolve)."""
         import onnxruntime as ort
 
-        self._init_args = (model_path, dict(config_spec=config_spec, config_file=config_file,
-                                            config_dir=config_dir, mem_pattern=mem_pattern, spinning=spinning))
+        self._init_args = (model_path, dict(mem_pattern=mem_pattern, spinning=spinning))
         # onnxruntime 1.2x+ tries to persist a telemetry device id; on a read-only system (the unit's
         # ProtectSystem=strict) that is a warning in the journal on every start. We want neither.
         if hasattr(ort, "disable_telemetry_events"):
@@ -90,12 +92,13 @@ class Engine:
             raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
         # What the session was given (the environment may have overridden `spinning`).
         self.spinning = options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-        meta = self.session.get_modelmeta()
-        props = dict(meta.custom_metadata_map or {})
-        try:
-            self.spec = ms.resolve(model_path, props, config_spec, config_file, config_dir)
-        except ConfigError as exc:
-            raise ModelError(model_path, f"its description is invalid: {exc}") from None
+        if spec is None:
+            props = dict(self.session.get_modelmeta().custom_metadata_map or {})
+            try:
+                spec = ms.resolve(model_path, props, config_spec, spec_origin)
+            except ConfigError as exc:
+                raise ModelError(model_path, f"its description is invalid: {exc}") from None
+        self.spec = spec
         self.input = self.session.get_inputs()[0]
         self.output = self.session.get_outputs()[0]
         self.num_outputs = self._check()
@@ -149,16 +152,15 @@ class Engine:
         return int(out.size)
 
     def input_shape(self) -> tuple[int, ...]:
-        h, w = self.spec.input.size
-        return (1, 3, h, w) if self.spec.input.layout == "nchw" else (1, h, w, 3)
+        return self.spec.input.tensor_shape(1)
 
     def input_dtype(self):
-        return np.float32 if self.spec.input.dtype == "float32" else np.uint8
+        return self.spec.input.np_dtype
 
     def sibling(self, threads: int) -> "Engine":
-        """Another session on the same model and description, with its own thread count (a lane)."""
+        """Another session on the same model and (already resolved) description, with its own threads (a lane)."""
         path, kwargs = self._init_args
-        return Engine(path, threads, **kwargs)
+        return Engine(path, threads, spec=self.spec, **kwargs)
 
     @property
     def batch_axis_dynamic(self) -> bool:
@@ -177,6 +179,14 @@ class Engine:
         dummy = np.zeros((batch,) + self.input_shape()[1:], dtype=self.input_dtype())
         for _ in range(runs):
             self.run_batch(dummy)
+
+    def info(self) -> dict[str, str]:
+        """What sinks may show of the model (the /metrics model_info labels, the live page)."""
+        info = self.spec.info_dict
+        size = self.spec.input.size
+        return {"path": str(self.path), "arch": info.get("arch", ""), "weights": info.get("weights", ""),
+                "input": f"{size[0]}x{size[1]}", "labels": str(len(self.spec.labels or ())),
+                "untrained": "true" if self.spec.untrained else "false"}
 
     def describe(self) -> str:
         info = self.spec.info_dict

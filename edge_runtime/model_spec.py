@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from . import schema
@@ -58,6 +59,15 @@ class InputSpec:
     mean: tuple[float, ...] = field(IMAGENET_MEAN, check=length(3))
     std: tuple[float, ...] = field(IMAGENET_STD, check=all_of(length(3), _positive_std))
     interpolation: str = field("linear", check=one_of("linear", "area"))
+
+    def tensor_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The model's input tensor for `batch` images: the one place layout becomes a shape."""
+        h, w = self.size
+        return (batch, 3, h, w) if self.layout == "nchw" else (batch, h, w, 3)
+
+    @property
+    def np_dtype(self) -> type:
+        return np.float32 if self.dtype == "float32" else np.uint8
 
     def __post_init__(self):
         if self.resize is not None and self.resize < min(self.size):
@@ -178,8 +188,9 @@ def load_sidecar(path: Path) -> ModelSpec:
 
 
 def resolve(model_path: str, metadata: dict[str, str], config_doc: Any | None,
-            config_file: str | None, config_dir: Path | None) -> ModelSpec:
-    """Pick the model's description: metadata, then sidecar, then config, then defaults."""
+            config_file: str | None = None) -> ModelSpec:
+    """Pick the model's description: metadata, then sidecar, then config, then defaults. A label file
+    named by `config_doc` was already resolved against the config's folder when it was loaded."""
     spec = from_metadata(metadata, model_path)
     if spec is not None:
         return spec
@@ -188,6 +199,6 @@ def resolve(model_path: str, metadata: dict[str, str], config_doc: Any | None,
         return load_sidecar(side)
     if config_doc is not None:
         return from_document(config_doc, origin=f"{config_file or 'config'} (model_spec)",
-                             base_dir=config_dir, file=config_file)
+                             base_dir=None, file=config_file)
     return default_spec()
 

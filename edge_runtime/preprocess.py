@@ -54,8 +54,8 @@ class Preprocessor:
     def __init__(self, spec: InputSpec):
         self.spec = spec
         h, w = spec.size
-        self.shape = (1, 3, h, w) if spec.layout == "nchw" else (1, h, w, 3)
-        self.dtype = np.float32 if spec.dtype == "float32" else np.uint8
+        self.shape = spec.tensor_shape(1)
+        self.dtype = spec.np_dtype
         self._interp = _INTERPOLATION[spec.interpolation]
         # Source channel for each output channel: BGR frames, so RGB output reads 2, 1, 0.
         self._order = (2, 1, 0) if spec.color == "rgb" else (0, 1, 2)

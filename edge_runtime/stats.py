@@ -46,6 +46,11 @@ class Stats:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
+    def set_extra(self, key: str, values) -> None:
+        """Replace one section of the stats line's extras (a sink's counters); merged by snapshot()."""
+        with self._lock:
+            self.extra[key] = dict(values) if isinstance(values, dict) else values
+
     def captured(self) -> None:
         with self._lock:
             self.frames_captured += 1

@@ -64,7 +64,7 @@ def describe(path: Path, model) -> ms.ModelSpec:
     """The runtime's description of `model` (metadata, then sidecar, then defaults), checked against it."""
     props = {p.key: p.value for p in model.metadata_props}
     try:
-        spec = ms.resolve(str(path), props, None, None, None)
+        spec = ms.resolve(str(path), props, None)
     except ConfigError as exc:
         raise ToolError(f"model {path}: its description is invalid: {exc}") from None
     if spec.origin.startswith("defaults"):

@@ -39,11 +39,12 @@ sys.path.insert(0, str(REPO / "tests"))
 from edge_runtime import config as config_mod  # noqa: E402
 from edge_runtime.engine import Engine  # noqa: E402
 from edge_runtime.pipeline import Pipeline, PipelineOptions  # noqa: E402
-from edge_runtime.sinks import StdoutSink  # noqa: E402
+from edge_runtime.sinks import SinkContext, StdoutSink  # noqa: E402
 from edge_runtime.sinks.http import HttpSink  # noqa: E402
 from edge_runtime.sinks.mqtt import MqttSink  # noqa: E402
 from edge_runtime.sources import SourceOptions, open_source  # noqa: E402
 from edge_runtime.stats import Stats  # noqa: E402
+from harness import free_port  # noqa: E402
 from tiny_model import make_random_model  # noqa: E402
 
 READER = """
@@ -80,12 +81,6 @@ class Timed:
         self.sink.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_broker(workdir: Path) -> tuple[subprocess.Popen, int] | None:
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if binary is None:
@@ -109,23 +104,26 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen, int] | None:
 def run_once(engine: Engine, kind: str, frames: int, env: dict) -> dict:
     stats = Stats()
     devnull = open(os.devnull, "w")
-    sinks = [StdoutSink(predictions=True, stream=devnull, live=False, stats=stats)]
+    sinks = [StdoutSink(predictions=True, stream=devnull)]
     clients: list = []
     publish = config_mod.PublishConfig()
     if kind in ("b", "f"):
-        sinks.append(MqttSink(config_mod.MqttConfig(url=f"mqtt://127.0.0.1:{env['broker']}/bench"), publish, stats))
+        sinks.append(MqttSink(config_mod.MqttConfig(url=f"mqtt://127.0.0.1:{env['broker']}/bench"), publish))
     if kind == "c":
-        sinks.append(MqttSink(config_mod.MqttConfig(url=f"mqtt://127.0.0.1:{env['hole']}/bench"), publish, stats))
+        sinks.append(MqttSink(config_mod.MqttConfig(url=f"mqtt://127.0.0.1:{env['hole']}/bench"), publish))
     http = None
     if kind in ("d", "e", "f"):
-        http = HttpSink(config_mod.HttpConfig(listen="127.0.0.1:0"), stats)
+        http = HttpSink(config_mod.HttpConfig(listen="127.0.0.1:0"))
         sinks.append(http)
     timed = [Timed(s) for s in sinks]
     options = SourceOptions(model_size=tuple(engine.spec.input.size), model_resize=engine.spec.input.resize)
     pipeline = Pipeline(lambda: open_source("synthetic://640x480", options), engine, timed,
-                        PipelineOptions(max_frames=frames, stats_interval=1.0), stats=stats)
+                        PipelineOptions(max_frames=frames, stats_interval=1.0), live=False,
+                        source_uri="synthetic://640x480", stats=stats)
+    context = SinkContext(stats=stats, model_info=engine.info(), health=pipeline.health)
+    for sink in sinks:
+        sink.start(context)
     if http is not None:
-        http.attach(pipeline)
         port = http.address[1]
         if kind == "d":
             stuck = socket.socket()

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("EDGE_FIXTURES", REPO.parent / "shared" / "fixtures"))
-
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Re-exported: the harness is the one place these live.
+from harness import (FIXTURES, REPO, Daemon, DaemonResult, daemon_env, free_port, run_daemon,  # noqa: E402,F401
+                     start_daemon, wait_until)
 from tiny_model import make_channel_model, make_random_model  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow`: a test that runs the daemon, a broker, a browser or a training loop. `pytest -m "not slow"`
+    is the quick loop (in-process tests only, well under a minute)."""
+    slow_files = {"test_daemon.py", "test_faults.py", "test_install.py", "test_systemd_unit.py", "test_bench.py",
+                  "test_notify.py", "test_real_models.py"}
+    for item in items:
+        name = Path(str(item.fspath)).name
+        if name in slow_files or "models" in Path(str(item.fspath)).parts or "daemon" in item.fixturenames \
+                or "daemons" in item.fixturenames or "live_daemon" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -51,41 +59,3 @@ def video_file(tmp_path_factory) -> Path:
         writer.write(frame)
     writer.release()
     return path
-
-
-@dataclass
-class DaemonResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-    @property
-    def predictions(self) -> list[dict]:
-        return [x for x in self.lines if x["type"] == "prediction"]
-
-    @property
-    def stats(self) -> list[dict]:
-        return [x for x in self.lines if x["type"] == "stats"]
-
-
-def daemon_env(**extra) -> dict:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def run_daemon(*args: str, timeout: float = 60, env: dict | None = None, cwd: Path | None = None) -> DaemonResult:
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env or daemon_env(), cwd=cwd or REPO)
-    return DaemonResult(proc.returncode, proc.stdout, proc.stderr)
-
-
-def start_daemon(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge_runtime", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env or daemon_env(), cwd=REPO, **kwargs)

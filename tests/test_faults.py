@@ -3,25 +3,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import start_daemon
+from harness import Daemon, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (apt install ffmpeg)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serving(port: int) -> bool:
@@ -68,48 +59,6 @@ class StreamServer:
             self.proc.wait(timeout=5)
 
 
-class Daemon:
-    """A running daemon whose stdout/stderr lines are collected with their arrival times."""
-
-    def __init__(self, *args: str):
-        self.proc = start_daemon(*args)
-        self.out: list[tuple[float, dict]] = []
-        self.err: list[tuple[float, str]] = []
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
-
-    def _read_out(self):
-        for line in self.proc.stdout:
-            self.out.append((time.monotonic(), json.loads(line)))
-
-    def _read_err(self):
-        for line in self.proc.stderr:
-            self.err.append((time.monotonic(), line.rstrip()))
-
-    def predictions_since(self, t: float) -> list[dict]:
-        return [x for ts, x in list(self.out) if ts >= t and x["type"] == "prediction"]
-
-    def wait_for(self, what, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if what():
-                return time.monotonic()
-            assert self.proc.poll() is None, "daemon exited:\n" + "\n".join(e for _, e in self.err)
-            time.sleep(0.05)
-        raise AssertionError("timed out; log:\n" + "\n".join(e for _, e in self.err[-30:]))
-
-    def log_count(self, text: str) -> int:
-        return sum(text in line for _, line in list(self.err))
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=10)
-        time.sleep(0.2)
-        stats = [x for _, x in self.out if x["type"] == "stats"]
-        assert self.proc.returncode == 0
-        return stats[-1]
-
-
 @pytest.fixture
 def fast_reconnect(tmp_path):
     path = tmp_path / "config.yaml"
@@ -143,7 +92,8 @@ def test_stream_that_dies_and_returns(tiny_model, fast_reconnect):
         assert daemon.log_count("source recovered") == 2
         # One warning per loss, not one per retry.
         assert daemon.log_count("source lost") == 2
-        final = daemon.stop()
+        assert daemon.stop() == 0
+        final = daemon.final_stats()
         assert final["source_reconnects"] == 2
         assert t_first > t_up and t_dead < t_back
     finally:
@@ -168,7 +118,8 @@ def test_stalled_stream_is_detected_and_reopened(tiny_model, fast_reconnect):
         server.start()
         t_back = time.monotonic()
         daemon.wait_for(lambda: len(daemon.predictions_since(t_back)) >= 3, 20)
-        final = daemon.stop()
+        assert daemon.stop() == 0
+        final = daemon.final_stats()
         assert final["source_reconnects"] >= 1
     finally:
         server.kill()

@@ -21,17 +21,19 @@ import urllib.error
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from test_mqtt import Daemon, free_port, wait_until
+from harness import Daemon, free_port, wait_until
 
 from edge_runtime import config as config_mod
 from edge_runtime.errors import ConfigError, UserError
 from edge_runtime.sinks import http as http_mod
 from edge_runtime.sinks.http import HttpSink, parse_listen
+from edge_runtime.sinks import SinkContext
 from edge_runtime.sources import Frame
 from edge_runtime.stats import Stats
 
@@ -90,7 +92,7 @@ def test_busy_port_is_a_clear_user_error():
         busy.listen(1)
         port = busy.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
-            HttpSink(config_mod.HttpConfig(listen=f"127.0.0.1:{port}"), Stats())
+            HttpSink(config_mod.HttpConfig(listen=f"127.0.0.1:{port}")).start(SinkContext())
 
 
 # --- the sink in-process -------------------------------------------------------------------------
@@ -105,9 +107,9 @@ def _record(i: int) -> dict:
 def sink():
     stats = Stats()
     health = {"healthy": True, "status": "ok", "reason": None, "source_connected": True, "last_frame_age_s": 0.01}
-    s = HttpSink(config_mod.HttpConfig(listen="127.0.0.1:0", mjpeg_fps=5, max_connections=3), stats,
-                 model_info={"path": "m.onnx", "arch": "test", "weights": "w", "input": "224x224", "labels": "3"},
-                 health=lambda: health)
+    s = HttpSink(config_mod.HttpConfig(listen="127.0.0.1:0", mjpeg_fps=5, max_connections=3)).start(SinkContext(
+        stats=stats, model_info={"path": "m.onnx", "arch": "test", "weights": "w", "input": "224x224", "labels": "3"},
+        health=lambda unhealthy_after: health))
     s.base = f"http://127.0.0.1:{s.address[1]}"
     s.fake_health = health
     yield s
@@ -273,7 +275,7 @@ def red_video(tmp_path_factory) -> Path:
 def live_daemon(tmp_path_factory, channel_model, red_video):
     """The daemon on a looping red video (10 fps, paced) with --http; the channel model says "red"."""
     port = free_port()
-    d = Daemon(tmp_path_factory.mktemp("live"), "--source", red_video, "--loop", "--realtime", "--model",
+    d = Daemon("--source", red_video, "--loop", "--realtime", "--model",
                channel_model, "--http", f"127.0.0.1:{port}", "--stats-interval", "1")
     d.base = f"http://127.0.0.1:{port}"
 
@@ -489,7 +491,7 @@ def test_healthz_goes_503_when_the_source_is_lost(tmp_path, channel_model):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"http: {{listen: '127.0.0.1:{port}', unhealthy_after: 1}}\n"
                    "capture: {reconnect_initial_delay: 0.2, reconnect_max_delay: 0.5}\n")
-    d = Daemon(tmp_path, "--config", cfg, "--source", f"http://cam:hunter2@127.0.0.1:{dead}/stream.mjpg",
+    d = Daemon("--config", cfg, "--source", f"http://cam:hunter2@127.0.0.1:{dead}/stream.mjpg",
                "--model", channel_model)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -515,19 +517,17 @@ def test_healthz_goes_503_when_the_source_is_lost(tmp_path, channel_model):
 
 
 def test_pipeline_health_states():
-    """Pipeline.health() on a stand-in pipeline: every state /healthz can report."""
-    from types import SimpleNamespace
-
-    from edge_runtime.pipeline import Pipeline
+    """health.assess(): every state /healthz can report."""
+    from edge_runtime.health import Observed, assess
 
     now = time.perf_counter()
     cap = SimpleNamespace(connected=True, lost_since=None, lost_reason="")
-    p = SimpleNamespace(capture=cap, last_processed_mono=None, started_mono=now, error=None,
-                        stop=threading.Event(), stats=Stats())
-    p.source_connected = lambda: cap.connected
+    p = SimpleNamespace(last_processed_mono=None, started_mono=now, error=None, stop=threading.Event())
 
     def health():
-        return Pipeline.health(p, 30.0)
+        return assess(Observed(now=now, started=p.started_mono, last_processed=p.last_processed_mono,
+                               lost_since=cap.lost_since, lost_reason=cap.lost_reason, source_connected=cap.connected,
+                               frames_processed=0, error=p.error, stopped=p.stop.is_set()), 30.0)
     assert health()["status"] == "starting" and health()["healthy"]
     p.started_mono = now - 31
     assert health()["status"] == "no_frames" and not health()["healthy"]

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, daemon_env
+from harness import Daemon, free_port, wait_until
 
 paho = pytest.importorskip("paho.mqtt.client")
 
@@ -29,6 +27,7 @@ from edge_runtime import config as config_mod  # noqa: E402
 from edge_runtime.errors import ConfigError, UserError  # noqa: E402
 from edge_runtime.sinks.mqtt import (MqttSink, StateTracker, default_prefix, discovery_configs,  # noqa: E402
                                      parse_url, redact)
+from edge_runtime.sinks import SinkContext  # noqa: E402
 from edge_runtime.sources import Frame  # noqa: E402
 from edge_runtime.stats import Stats  # noqa: E402
 
@@ -38,25 +37,7 @@ needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None,
                                      reason="needs the Mosquitto broker: apt-get install mosquitto")
 
 
-# --- helpers (also used by test_http.py) ---------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; fail the test naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
+# --- helpers ---------------------------------------------------------
 
 class Broker:
     """A Mosquitto process on 127.0.0.1:port (persistence off). Can be stopped and started again."""
@@ -144,55 +125,13 @@ class Subscriber:
         self.client.loop_stop()
 
 
-class Daemon:
-    """The real daemon as a subprocess, stdout and stderr into files (no pipe can fill up and block it)."""
-
-    def __init__(self, workdir: Path, *args, name: str = "daemon"):
-        self.out = workdir / f"{name}.stdout"
-        self.err = workdir / f"{name}.stderr"
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", *map(str, args)], stdout=out,
-                                         stderr=err, env=daemon_env(), cwd=REPO)
-
-    def lines(self) -> list[dict]:
-        text = self.out.read_text()
-        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]
-
-    def raw_lines(self) -> list[str]:
-        return [line for line in self.out.read_text().splitlines(keepends=True) if line.endswith("\n")]
-
-    def predictions(self) -> list[dict]:
-        return [x for x in self.lines() if x["type"] == "prediction"]
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 10) -> int:
-        if self.running():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            pytest.fail(f"the daemon did not stop within {timeout} s of SIGTERM:\n{self.stderr()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.running():
-            self.proc.kill()
-        self.proc.wait(5)
-
-
 @pytest.fixture
 def daemons(tmp_path):
     """start(*args) -> Daemon; every daemon still running at the end of the test is killed."""
     started: list[Daemon] = []
 
     def start(*args, name: str | None = None) -> Daemon:
-        d = Daemon(tmp_path, *args, name=name or f"daemon{len(started)}")
+        d = Daemon(*args)
         started.append(d)
         return d
     yield start
@@ -344,7 +283,7 @@ def test_black_holed_broker_costs_a_bounded_queue(caplog):
     hole.listen(8)          # the kernel completes the handshake; nobody ever reads or answers
     stats = Stats()
     sink = MqttSink(_Cfg(f"mqtt://u:topsecret@127.0.0.1:{hole.getsockname()[1]}/t", max_queued=50),
-                    config_mod.PublishConfig(threshold=0.5, min_frames=1), stats)
+                    config_mod.PublishConfig(threshold=0.5, min_frames=1)).start(SinkContext(stats=stats))
     try:
         for i in range(3000):
             sink.prediction(_record(i), FRAME)
@@ -387,8 +326,13 @@ def test_tls_with_password_and_a_refused_login(tmp_path, caplog):
     try:
         sub = Subscriber(port, "tls/#", tls_ca=str(d / "ca.pem"), auth=("cam", "p@ss:word"))
         stats = Stats()
-        sink = MqttSink(_Cfg(f"mqtts://cam:p%40ss%3Aword@127.0.0.1:{port}/tls/cam", ca_file="ca.pem", qos=1),
-                        config_mod.PublishConfig(), stats, config_dir=d)
+        # ca_file relative to the config file's folder (resolved when the config is loaded)
+        (d / "edge.yaml").write_text(f"mqtt:\n  url: mqtts://cam:p%40ss%3Aword@127.0.0.1:{port}/tls/cam\n"
+                                     "  ca_file: ca.pem\n  qos: 1\n  reconnect_min_delay: 0.2\n"
+                                     "  reconnect_max_delay: 1.0\n  keepalive: 5\n")
+        loaded = config_mod.load(str(d / "edge.yaml"))
+        assert loaded.mqtt.ca_file == str(d / "ca.pem")
+        sink = MqttSink(loaded.mqtt, config_mod.PublishConfig()).start(SinkContext(stats=stats))
         wait_until(lambda: sub.payloads("tls/cam/availability") == [b"online"], 10, "online over TLS")
         sink.prediction(_record(7), FRAME)
         got = wait_until(lambda: sub.payloads("tls/cam/prediction"), 10, "a prediction over TLS")
@@ -396,7 +340,7 @@ def test_tls_with_password_and_a_refused_login(tmp_path, caplog):
         wait_until(lambda: sink.sent == 1 and not sink._window, 5, "the broker's PUBACK (QoS 1)")
         # A wrong password: refused, logged once however often it retries, never shown.
         bad = MqttSink(_Cfg(f"mqtts://cam:WRONGPASS@127.0.0.1:{port}/tls/bad", ca_file=str(d / "ca.pem"),
-                            client_id="bad"), config_mod.PublishConfig(), Stats())
+                            client_id="bad"), config_mod.PublishConfig()).start(SinkContext())
         wait_until(lambda: "refused the connection" in caplog.text, 10, "the refusal to be logged")
         time.sleep(1.5)       # a few more retries (0.2 s, 0.4 s, 0.8 s)
         assert caplog.text.count("refused the connection") == 1
@@ -410,7 +354,8 @@ def test_tls_with_password_and_a_refused_login(tmp_path, caplog):
             sub.close()
         broker.stop()
     with pytest.raises(UserError, match="ca_file"):
-        MqttSink(_Cfg("mqtts://127.0.0.1:1/x", ca_file=str(d / "missing.pem")), config_mod.PublishConfig(), Stats())
+        MqttSink(_Cfg("mqtts://127.0.0.1:1/x", ca_file=str(d / "missing.pem")), config_mod.PublishConfig()).start(
+            SinkContext())
 
 
 # --- the daemon end to end ------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def jittery_engines(model, n: int, finished: list[int]) -> list[Engine]:
 def pipeline(model, n_lanes, sink, finished, max_frames=200, batch=1):
     engines = jittery_engines(model, n_lanes, finished)
     make = lambda: open_source("synthetic://320x240", SourceOptions())   # noqa: E731
-    return Pipeline(make, engines, [sink], PipelineOptions(max_frames=max_frames, stats_interval=60, batch=batch))
+    return Pipeline(make, engines, [sink], PipelineOptions(max_frames=max_frames, stats_interval=60, batch=batch),
+                    live=False, source_uri="synthetic://320x240")
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -83,7 +84,8 @@ def test_live_source_slower_inference_gets_the_newest_frame_and_counts_drops(tin
     engine.run_batch = lambda tensor: (time.sleep(0.015), run(tensor))[1]
     sink = ListSink()
     make = lambda: open_source("synthetic://320x240?fps=200", SourceOptions())   # noqa: E731
-    p = Pipeline(make, [engine], [sink], PipelineOptions(max_frames=20, stats_interval=60, batch=4))
+    p = Pipeline(make, [engine], [sink], PipelineOptions(max_frames=20, stats_interval=60, batch=4),
+                 live=make().live, source_uri="synthetic://320x240?fps=200")
     assert p.live and p.batch == 1 and p.lanes[0].tensor.shape[0] == 1    # never waits to fill a batch
     assert p.run() == 20
     frames = [r["frame"] for r in sink.records]

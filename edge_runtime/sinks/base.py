@@ -1,17 +1,47 @@
-"""A sink receives every prediction record and every stats line. Small base, short implementations."""
+"""A sink receives every prediction record and every stats line. Small base, short implementations.
+
+Lifecycle (as picamera2's outputs): a sink is constructed from its typed config section and does no
+I/O there; `start(context)` binds, connects and starts its threads; `prediction()`/`stats()` are called
+from the pipeline (one caller at a time, in frame order); `close()` flushes and stops. A sink knows the
+pipeline only through the `SinkContext` it is started with, and never another sink.
+"""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
 from ..sources import Frame
+from ..stats import Stats
 
 
 class OutputClosed(Exception):
     """The reader of our output went away (closed pipe): end quietly."""
 
 
+def _no_health(unhealthy_after: float) -> dict | None:
+    return None
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink may know of the running daemon."""
+    stats: Stats = field(default_factory=Stats)
+    stop: threading.Event = field(default_factory=threading.Event)
+    live: bool = False                       # a live source: never block the caller on a slow reader
+    model_info: dict[str, str] = field(default_factory=dict)   # path, arch, weights, input, labels, untrained
+    # health(unhealthy_after_s) -> the /healthz dict, or None when no pipeline runs (tools, tests)
+    health: Callable[[float], dict | None] = _no_health
+
+
 class Sink:
     name = "sink"
     wants_images = False    # True: prediction() needs frame.image (otherwise it is let go after preprocessing)
+
+    def start(self, context: SinkContext) -> "Sink":
+        self.context = context
+        return self
 
     def prediction(self, record: dict, frame: Frame) -> None:
         pass

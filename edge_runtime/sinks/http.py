@@ -26,38 +26,18 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 from .. import system
+from ..addresses import hostname, parse_listen, redact
+from ..jsonline import dumps
 from ..errors import UserError
-from ..stats import Stats
-from .base import Sink
-from .mqtt import hostname, redact, set_extra
-from .stdout import dumps
+from .base import Sink, SinkContext
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parents[1] / "data" / "live.html"
 SOCKET_TIMEOUT_S = 10.0
 BOUNDARY = "frame"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`8080`, `:8080` -> 127.0.0.1; `0.0.0.0:8080`, `192.168.1.5:8080`, `[::1]:8080`, `host:8080`."""
-    expected = "expected [ADDRESS:]PORT, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
-    value = text.strip()
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise ValueError(expected)
-    elif value.count(":") > 1:
-        raise ValueError(f"{expected} (put an IPv6 address in brackets)")
-    else:
-        host, _, port = value.rpartition(":")
-    host = host or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{expected}; the port must be a number from 0 to 65535")
-    return host, int(port)
 
 
 class _Server(ThreadingHTTPServer):
@@ -191,16 +171,10 @@ class HttpSink(Sink):
     name = "http"
     wants_images = True     # /snapshot.jpg and the live view
 
-    def __init__(self, cfg, stats: Stats | None = None, *, model_info: dict[str, str] | None = None,
-                 health: Callable[[], dict] | None = None):
-        """`cfg`: config.HttpConfig (listen set). `health`: a callable like Pipeline.health (see attach())."""
-        from ..metrics import Metrics
-
+    def __init__(self, cfg):
+        """`cfg`: config.HttpConfig (listen set). Nothing is bound until start()."""
         self.cfg = cfg
-        self.stats_obj = stats or Stats()
-        self._health = health
-        self.metrics = Metrics(self.stats_obj, model_info=model_info, health=self.health)
-        self.metrics.extra_collect = self._collect
+        self.host, self.port = parse_listen(cfg.listen)
         self.closed = False
         self.closed_event = threading.Event()
         self.requests = 0
@@ -216,11 +190,21 @@ class HttpSink(Sink):
         self._jpeg_at = 0.0
         self._clients_lock = threading.Lock()
         self._page: bytes | None = None
-        host, port = parse_listen(cfg.listen)
+        self._server: _Server | None = None
+
+    def start(self, context: SinkContext) -> "HttpSink":
+        """Bind, serve in a thread of its own. The context gives health and model info."""
+        from ..metrics import Metrics
+
+        super().start(context)
+        self.stats_obj = context.stats
+        self.metrics = Metrics(self.stats_obj, model_info=context.model_info or None, health=self.health)
+        self.metrics.extra_collect = self._collect
+        self._started = time.perf_counter()
         try:
-            self._server = _Server((host, port), _Handler, self, cfg.max_connections)
+            self._server = _Server((self.host, self.port), _Handler, self, self.cfg.max_connections)
         except OSError as exc:
-            raise UserError(f"http: cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+            raise UserError(f"http: cannot listen on {self.cfg.listen}: {exc.strerror or exc}") from None
         self.address = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.25},
                                         name="http-server", daemon=True)
@@ -229,17 +213,7 @@ class HttpSink(Sink):
         self.url = f"http://{shown}:{self.address[1]}/"
         log.info("http: live view on %s (also /metrics, /healthz, /latest, /snapshot.jpg)", self.url)
         self._update_extra()
-
-    def attach(self, pipeline) -> None:
-        """Health and model info from the running pipeline (built after the sinks)."""
-        self._health = lambda: pipeline.health(self.cfg.unhealthy_after)
-        engine = pipeline.engine
-        info = engine.spec.info_dict
-        size = engine.spec.input.size
-        self.metrics.model_info = {
-            "path": str(engine.path), "arch": info.get("arch", ""), "weights": info.get("weights", ""),
-            "input": f"{size[0]}x{size[1]}", "labels": str(len(engine.spec.labels or ())),
-        }
+        return self
 
     # -- from the inference loop --
 
@@ -257,9 +231,10 @@ class HttpSink(Sink):
     # -- for the request threads --
 
     def health(self) -> dict:
-        if self._health is not None:
-            health = dict(self._health())
-        else:       # no pipeline attached (tests, tools): judge by the predictions seen
+        health = self.context.health(self.cfg.unhealthy_after)
+        if health is not None:
+            health = dict(health)
+        else:       # no pipeline (tests, tools): judge by the predictions seen
             age = time.perf_counter() - self._times[-1] if self._times else None
             since = age if age is not None else time.perf_counter() - self._started
             healthy = since <= self.cfg.unhealthy_after
@@ -342,12 +317,14 @@ class HttpSink(Sink):
         yield c
 
     def _update_extra(self) -> None:
-        set_extra(self.stats_obj, "http", {"requests": self.requests, "stream_clients": self.stream_clients,
+        self.stats_obj.set_extra("http", {"requests": self.requests, "stream_clients": self.stream_clients,
                                            "frames_encoded": self.frames_encoded})
 
     def close(self) -> None:
         self.closed = True
         self.closed_event.set()
+        if self._server is None:
+            return
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(1.0)

@@ -21,21 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import socket
 import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from .. import __version__
+from ..addresses import BrokerUrl, default_prefix, hostname, parse_broker_url, redact, topic_safe
+from ..jsonline import dumps
 from ..errors import UserError
-from ..stats import Stats
 from .base import Sink
-from .stdout import dumps
 
 log = logging.getLogger(__name__)
 
@@ -46,79 +41,9 @@ BATCH_S = 0.005        # the publisher's pause between batches
 SILENT_S = 10.0        # a broker that accepted TCP but has not answered CONNECT for this long is reported
 
 
-# --- URLs ------------------------------------------------------------------------------------
-
-def hostname() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"
-
-
-def topic_safe(text: str) -> str:
-    """A string usable as one topic level / Home Assistant node id: [A-Za-z0-9_-]."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "edge_runtime"
-
-
-def default_prefix() -> str:
-    return f"edge_runtime/{topic_safe(hostname())}"
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    tls: bool
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    prefix: str
-
-    def redacted(self) -> str:
-        """For logs: the password never appears."""
-        user = ""
-        if self.username is not None:
-            user = self.username + (":***" if self.password is not None else "") + "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}/{self.prefix}"
-
-
-def parse_url(url: str) -> BrokerUrl:
-    """mqtt://[user:pass@]host[:port]/prefix (mqtts:// for TLS). ValueError names the problem, never the password."""
-    expected = "expected mqtt://[user:pass@]host[:port]/prefix or mqtts://... (TLS)"
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{expected}; the port is not a number from 0 to 65535") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts"):
-        raise ValueError(expected)
-    if not parts.hostname:
-        raise ValueError(f"{expected}; the host is missing")
-    if "?" in url or "#" in url:
-        raise ValueError(f"{expected}; no ?query or #fragment (percent-encode '#', '/' or '@' in a password "
-                         "as %23, %2F, %40; other options go in the config file's mqtt: section)")
-    prefix = unquote(parts.path).strip("/")
-    if any(c in prefix for c in "+#\0"):
-        raise ValueError("the topic prefix must not contain the MQTT wildcards + or #")
-    if "//" in prefix:
-        raise ValueError("the topic prefix must not contain empty levels (//)")
-    tls = scheme == "mqtts"
-    return BrokerUrl(tls=tls, host=parts.hostname, port=port or (8883 if tls else 1883),
-                     username=unquote(parts.username) if parts.username is not None else None,
-                     password=unquote(parts.password) if parts.password is not None else None,
-                     prefix=prefix or default_prefix())
-
-
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^@\s/]*@")
-
-
-def redact(text: str) -> str:
-    """`rtsp://user:secret@cam/...` -> `rtsp://user:***@cam/...` anywhere in a string."""
-    return _USERINFO.sub(r"\1:***@", text)
-
-
-def set_extra(stats: Stats, key: str, values: dict) -> None:
-    """Replace one section of the stats line's extras under the stats lock (never mutated afterwards)."""
-    with stats._lock:      # noqa: SLF001 - Stats.snapshot() merges extra under this lock
-        stats.extra[key] = dict(values)
+# Re-exported for callers that knew them here.
+parse_url = parse_broker_url
+__all__ = ["MqttSink", "StateTracker", "discovery_configs", "BrokerUrl", "parse_url", "redact", "default_prefix"]
 
 
 # --- the state topic -------------------------------------------------------------------------
@@ -183,15 +108,12 @@ def discovery_configs(prefix: str, node_id: str, discovery_prefix: str, device_n
 class MqttSink(Sink):
     name = "mqtt"
 
-    def __init__(self, cfg, publish, stats: Stats | None = None, *, config_dir: Path | None = None):
-        """`cfg`: config.MqttConfig (url set); `publish`: config.PublishConfig."""
-        import paho.mqtt.client as mqtt
-
-        self._mqtt = mqtt
+    def __init__(self, cfg, publish):
+        """`cfg`: config.MqttConfig (url set, ca_file already resolved); `publish`: config.PublishConfig.
+        Nothing connects until start()."""
         self.cfg = cfg
-        self.url = parse_url(cfg.url)
+        self.url = parse_broker_url(cfg.url)
         self.prefix = self.url.prefix
-        self.stats_obj = stats or Stats()
         self.tracker = StateTracker(publish.threshold, publish.min_frames)
         self.client_id = cfg.client_id or f"edge_runtime-{topic_safe(hostname())}"
         self.node_id = topic_safe(self.client_id)
@@ -213,19 +135,26 @@ class MqttSink(Sink):
         self._extra_due = 0.0
         self._started = time.monotonic()
         self._log_lock = threading.Lock()
+        self.client = None
+        self._worker: threading.Thread | None = None
 
+    def start(self, context) -> "MqttSink":
+        """Connect in the background (paho's network thread) and start the publisher thread."""
+        import paho.mqtt.client as mqtt
+
+        super().start(context)
+        self._mqtt = mqtt
+        self.stats_obj = context.stats
+        cfg = self.cfg
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
         if self.url.username is not None:
             client.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            ca = cfg.ca_file
-            if ca and config_dir is not None and not Path(ca).is_absolute():
-                ca = str(config_dir / ca)
             try:
-                client.tls_set(ca_certs=ca)
+                client.tls_set(ca_certs=cfg.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise UserError(f"mqtt.ca_file {ca}: cannot load it: {getattr(exc, 'strerror', None) or exc}") \
-                    from None
+                raise UserError(f"mqtt.ca_file {cfg.ca_file}: cannot load it: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
         client.will_set(self.topics["availability"], "offline", qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         client.connect_timeout = 3.0
@@ -234,12 +163,14 @@ class MqttSink(Sink):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
+        self._started = time.monotonic()
         self._update_extra(force=True)
         log.info("mqtt: publishing to %s (topics %s/...)", self.url.redacted(), self.prefix)
         client.connect_async(self.url.host, self.url.port, keepalive=cfg.keepalive)
         client.loop_start()
         self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._worker.start()
+        return self
 
     # -- called from the inference loop: queue appends only --
 
@@ -350,7 +281,7 @@ class MqttSink(Sink):
         if not force and now < self._extra_due:
             return
         self._extra_due = now + EXTRA_EVERY_S
-        set_extra(self.stats_obj, "mqtt", {"connected": self._connected, "sent": self.sent,
+        self.stats_obj.set_extra("mqtt", {"connected": self._connected, "sent": self.sent,
                                            "dropped": self.dropped, "queued": len(self._queue) + len(self._window)})
 
     # -- paho's network thread --
@@ -436,6 +367,8 @@ class MqttSink(Sink):
     # -- shutdown --
 
     def close(self) -> None:
+        if self.client is None:
+            return
         with self._cond:
             self._closing = True
             self._flush_deadline = time.monotonic() + FLUSH_S

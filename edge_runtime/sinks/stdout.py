@@ -8,13 +8,13 @@ backpressure instead, so no prediction is ever lost there.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 from collections import deque
 from typing import IO
 
+from ..jsonline import dumps
 from .base import OutputClosed, Sink
 
 log = logging.getLogger(__name__)
@@ -22,32 +22,32 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 256
 
 
-def dumps(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 class StdoutSink(Sink):
     name = "stdout"
 
-    def __init__(self, predictions: bool = True, stream: IO[str] | None = None, *, live: bool = False,
-                 stats=None, stop: threading.Event | None = None, max_pending: int = MAX_PENDING):
+    def __init__(self, predictions: bool = True, stream: IO[str] | None = None, *, max_pending: int = MAX_PENDING):
         self.predictions = predictions
         self.stream = stream or sys.stdout
-        self.live = live
+        self.live = False
         self.max_pending = max_pending
         self.dropped = 0
-        self._stats = stats
-        self._stop = stop
+        self._stats = None
+        self._stop: threading.Event | None = None
         self._pending: deque[dict] = deque()   # serialised in the writer thread, off the inference loop
         self._cond = threading.Condition()
         self._closing = False
         self._broken = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, context):
+        super().start(context)
+        self.live, self._stats, self._stop = context.live, context.stats, context.stop
         # Files and folders write in the caller: backpressure is what they want, and a writer thread
         # would cost a thread wake-up per frame. Live sources must never wait on a reader.
-        self._thread: threading.Thread | None = None
-        if live:
+        if self.live:
             self._thread = threading.Thread(target=self._writer, name="stdout-writer", daemon=True)
             self._thread.start()
+        return self
 
     def _writer(self) -> None:
         while True:
@@ -86,7 +86,7 @@ class StdoutSink(Sink):
                     self._pending.popleft()
                     self.dropped += 1
                     if self._stats is not None:
-                        self._stats.extra["stdout_dropped"] = self.dropped
+                        self._stats.set_extra("stdout_dropped", self.dropped)
                 else:
                     while len(self._pending) >= self.max_pending and not self._broken:
                         if self._stop is not None and self._stop.is_set():

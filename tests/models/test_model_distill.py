@@ -85,7 +85,7 @@ def test_student_beats_chance_clearly_through_the_exported_file(trained):
 
 def test_export_names_the_classes_and_runs(trained, shapes, onnx_metadata):
     out, _ = trained
-    spec = ms.resolve(str(out), onnx_metadata(out), None, None, None)
+    spec = ms.resolve(str(out), onnx_metadata(out), None)
     assert spec.labels == CLASSES and spec.origin.endswith("(metadata)")
     assert spec.input.size == (64, 64) and spec.input.resize == 73
     assert not spec.untrained and "distilled from mobilenet_v3_large" in spec.info_dict["weights"]

@@ -72,7 +72,7 @@ def test_export_matches_pytorch_and_describes_itself(opset, trained, tmp_path, r
 
     # What the daemon reads, with no sidecar anywhere.
     assert not ms.sidecar_path(out_path).exists()
-    spec = ms.resolve(str(out_path), onnx_metadata(out_path), None, None, None)
+    spec = ms.resolve(str(out_path), onnx_metadata(out_path), None)
     assert spec.origin.endswith("(metadata)")
     assert spec.input == ms.InputSpec(size=(224, 224), resize=256, color="rgb", layout="nchw", dtype="float32",
                                       mean=ms.IMAGENET_MEAN, std=ms.IMAGENET_STD, interpolation="linear")
@@ -90,7 +90,7 @@ def test_default_runtime_model_from_the_command_line(tmp_path, repo_root, onnx_m
                            "--output", str(out_path)], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "warning: untrained weights" in proc.stdout
-    spec = ms.resolve(str(out_path), onnx_metadata(out_path), None, None, None)
+    spec = ms.resolve(str(out_path), onnx_metadata(out_path), None)
     assert spec.untrained and spec.info_dict["weights"] == "untrained (random init, seed 0)"
     assert spec.input == ms.default_spec().input and spec.labels == ms.default_spec().labels
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
@@ -118,8 +118,8 @@ def test_fused_preprocessing_takes_pixels_and_agrees(trained, tmp_path, run_mode
     rc, _, err = run_model_tool(export.main, common + ["--fuse-preprocess", "--output", fused])
     assert rc == 0, err
 
-    plain_spec = ms.resolve(str(plain), onnx_metadata(plain), None, None, None)
-    fused_spec = ms.resolve(str(fused), onnx_metadata(fused), None, None, None)
+    plain_spec = ms.resolve(str(plain), onnx_metadata(plain), None)
+    fused_spec = ms.resolve(str(fused), onnx_metadata(fused), None)
     assert plain_spec.input.size == fused_spec.input.size == (160, 192)
     assert plain_spec.input.resize == fused_spec.input.resize == 183          # round(160 * 256 / 224)
     assert (fused_spec.input.layout, fused_spec.input.dtype, fused_spec.input.color) == ("nhwc", "uint8", "rgb")

@@ -80,7 +80,7 @@ def test_int8_carries_the_sidecar_description(int8, fixtures, tmp_path, onnx_met
     lonely = tmp_path / "v2_int8.onnx"
     shutil.copy(int8[0], lonely)
     sidecar = ms.load_sidecar(fixtures / "models" / f"{FLOAT_MODEL}.yaml")
-    spec = ms.resolve(str(lonely), onnx_metadata(lonely), None, None, None)
+    spec = ms.resolve(str(lonely), onnx_metadata(lonely), None)
     assert spec.origin.endswith("(metadata)")
     assert spec.to_document() == sidecar.to_document()          # input, labels (inline), offset, output
     info = spec.info_dict

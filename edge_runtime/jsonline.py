@@ -1,0 +1,9 @@
+"""The one JSON encoding of every record the daemon emits (stdout, MQTT, HTTP): compact, UTF-8."""
+
+from __future__ import annotations
+
+import json
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,142 @@
+"""The run plan: every decision about how to run, made once, from the config, the source and the model.
+
+Threads, lanes, frames per inference, one shared session or one per lane, onnxruntime's memory
+pattern and spin-waiting all follow from three facts: how many threads the user gives, whether the
+source is live (a camera: newest frame, lowest latency) or a throughput source (a file, a folder,
+unthrottled synthetic), and whether the model takes a batch. The daemon (cli.py) and `bench` both
+plan here, so what bench measures is what the daemon runs.
+
+In two steps, because the model's batch axis is only known once it is loaded, and the session must be
+made with its final options from the start (one made and thrown away left ~15 MB behind):
+`plan_run(cfg, uri)` before the model, `load_model(plan, cfg)` to load it and complete the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import AUTO_BATCH
+from .engine import Engine
+from .errors import ModelError, UserError
+from .sources import Source, SourceOptions, camera_uri, open_source
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class RunPlan:
+    uri: str
+    live: bool                  # newest frame wins, drops counted, glitches retried
+    paced: bool                 # live or --realtime: frames come at the source's pace
+    threads: int                # onnxruntime threads in all
+    lanes: int                  # sessions classifying successive frames side by side
+    per_lane: int               # threads of each lane's session
+    batch: int                  # frames per session.run (intended, until load_model() knows the model)
+    mem_pattern: bool
+    spinning: bool              # onnxruntime workers spin between runs (throughput) or sleep (paced)
+    source_options: SourceOptions
+    source_problem: UserError | None = None   # a bad source string, reported after the model's own checks
+
+    def make_source(self) -> Source:
+        """The source, made (not opened); the pipeline makes it again to reconnect."""
+        return open_source(self.uri, self.source_options)
+
+
+def source_uri(cfg) -> str:
+    if cfg.camera is not None:
+        return camera_uri(cfg.camera)
+    if cfg.source is not None:
+        return cfg.source
+    raise UserError("no source: give --source URI or --camera N (or `source:` in the config file); "
+                    "try --source synthetic://640x480 to see it work without a camera")
+
+
+def plan_run(cfg, uri: str) -> RunPlan:
+    """What can be decided before the model is loaded."""
+    options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
+                            height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout)
+    problem = None
+    try:
+        live = open_source(uri, options).live        # made, not opened: no I/O
+    except UserError as exc:
+        live, problem = True, exc
+    threads = cfg.threads or os.cpu_count() or 1
+    lanes = lane_count(cfg.lanes, live, threads)
+    paced = live or cfg.realtime
+    per_lane = max(1, threads // lanes)
+    batch = batch_size(cfg.batch, paced)
+    # One-thread lanes share one session: onnxruntime's Run is thread-safe and, with one thread, runs
+    # in its caller's thread, so the lanes share the weights and the arena instead of a copy each.
+    # Several threads a lane: a session each, with its own thread pool. onnxruntime's memory pattern
+    # (one planned block per input shape) kept the shared session fastest, but cost separate batched
+    # sessions 15 MB each for nothing (measured, docs/BENCHMARKS.md). A paced source (a camera)
+    # leaves time between frames: worker threads then sleep instead of spin-waiting through it.
+    return RunPlan(uri=uri, live=live, paced=paced, threads=threads, lanes=lanes, per_lane=per_lane,
+                   batch=batch, mem_pattern=per_lane == 1 or batch == 1, spinning=not paced,
+                   source_options=options, source_problem=problem)
+
+
+def load_model(plan: RunPlan, cfg, config_file: str | None = None) -> tuple[RunPlan, Engine]:
+    """Load and check the model with the plan's session options; the plan completed with the model's
+    batch axis and input size. A bad source string is raised here, after the model's own checks."""
+    check_model_path(cfg.model)
+    engine = Engine(cfg.model, plan.per_lane, config_spec=cfg.model_spec, spec_origin=config_file,
+                    mem_pattern=plan.mem_pattern, spinning=plan.spinning)
+    spec = engine.spec.input
+    plan = dataclasses.replace(plan, batch=batch_size(cfg.batch, plan.paced, engine),
+                               source_options=dataclasses.replace(plan.source_options, model_size=tuple(spec.size),
+                                                                  model_resize=spec.resize))
+    if plan.source_problem is not None:
+        raise plan.source_problem
+    return plan, engine
+
+
+def check_model_path(model: str) -> None:
+    """A missing model: say where it was looked for (relative paths are to the working directory)."""
+    if os.path.exists(model):
+        return
+    where = str(Path(model).absolute())
+    relative = "" if Path(model).is_absolute() else f" (relative to the current directory {os.getcwd()})"
+    raise ModelError(model, f"file not found: looked for {where}{relative}. Get a real MobileNetV3-Small with "
+                     "`python -m edge_runtime fetch-model`, make an untrained demo one with `python models/export.py "
+                     f"--arch small --weights random --output {model}`, or point --model at your .onnx file")
+
+
+def lane_count(configured: int, live: bool, threads: int) -> int:
+    """Lanes to run. Auto (0): a file, folder or unthrottled synthetic source is about throughput, so
+    two single-thread lanes overlap one frame's Python work with the other's inference (measured,
+    docs/BENCHMARKS.md); a live source is about latency on the newest frame: one lane, all threads."""
+    if configured:
+        return configured
+    return 1 if live or threads < 2 else 2
+
+
+def lane_engines(engine: Engine, lanes: int) -> list[Engine]:
+    """The engine of each lane: one-thread lanes share `engine`'s session; lanes of several threads get
+    a session each (a shared thread pool would serialise their parallel sections)."""
+    if engine.threads == 1:
+        return [engine] * lanes
+    return [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
+
+
+def batch_size(configured: int, paced: bool, engine: Engine | None = None) -> int:
+    """Frames per session.run. A live or paced source: 1, a frame is classified as soon as it is the
+    newest, never held back to fill a batch. Files, folders, unthrottled synthetic: auto (0) is
+    AUTO_BATCH when the model's batch axis is dynamic, else 1. Batching amortises onnxruntime's
+    per-operator overhead: more frames per second, each frame's result a few ms later.
+    Without an engine: the batch intended before the model is loaded."""
+    if paced:
+        if configured > 1 and engine is not None:
+            log.info("batch %d applies to files, folders and unthrottled synthetic sources; this source "
+                     "is classified one frame at a time", configured)
+        return 1
+    if engine is not None and not engine.batch_axis_dynamic:
+        if configured > 1:
+            raise ModelError(engine.path, f"its input '{engine.input.name}' has a fixed batch size of "
+                             f"{engine.input.shape[0]}, so --batch/batch: {configured} cannot be used "
+                             "(use 1, or 0 for auto)")
+        return 1
+    return configured or AUTO_BATCH
