@@ -114,6 +114,7 @@ class SnapshotWriter:
         """
         if self._thread is not None:
             return
+        self._count(None)        # the counters appear (at 0) in stats and metrics once snapshots are on
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._root = self.dir.resolve(strict=True)
@@ -289,9 +290,11 @@ class SnapshotWriter:
 
     # --- counting and warning ----------------------------------------------------------------
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str | None) -> None:
+        """Add one to `what` (None: nothing) and show the counts in the stats line and metrics."""
         with self._lock:
-            setattr(self, what, getattr(self, what) + 1)
+            if what is not None:
+                setattr(self, what, getattr(self, what) + 1)
             counts = {"snapshots_written": self.written, "snapshots_failed": self.failed,
                       "snapshots_dropped": self.dropped}
         stats = self._stats

@@ -228,3 +228,22 @@ def test_config_section():
 def test_file_name_is_utc():
     assert file_name(0.0, "a", "b") == "19700101T000000Z_a_b.jpg"
     assert file_name(time.mktime((2026, 12, 2, 12, 0, 0, 0, 0, -1)), "a", "b").startswith("202612")
+
+
+def test_counters_in_stats_and_metrics(tmp_path):
+    from edge_runtime.metrics import Metrics
+
+    stats = Stats()
+    metrics = Metrics(stats)
+    assert b"snapshots" not in metrics.exposition()                   # snapshots off: no such series
+    blocker = tmp_path / "snaps"
+    blocker.write_text("")
+    writer = SnapshotWriter(blocker, stats=stats)
+    writer.start()
+    line = stats.snapshot()
+    assert (line["snapshots_written"], line["snapshots_failed"], line["snapshots_dropped"]) == (0, 0, 0)
+    writer.submit(frame(64, 48), "door", None, "open", WHEN)
+    writer.close()
+    text = metrics.exposition().decode()
+    assert "edge_runtime_snapshots_failed_total 1.0" in text
+    assert "edge_runtime_snapshots_written_total 0.0" in text
