@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -156,3 +157,54 @@ def classify_boxes(engine, pre, image: np.ndarray, boxes: Sequence[Sequence[floa
         pre(crop(image, box), tensor[:1])
         rows.append(engine.run_batch(tensor[:1])[0])
     return np.stack(rows) if rows else np.empty((0, 0))
+
+
+def group_by_model(regions: Sequence[RegionConfig], default_model: str) -> dict[str, list[RegionConfig]]:
+    """Regions by the model they use (their own, else `default_model`), in config order: each group
+    is one session and, with a dynamic batch axis, one run per frame."""
+    groups: dict[str, list[RegionConfig]] = {}
+    for region in regions:
+        groups.setdefault(region.model or default_model, []).append(region)
+    return groups
+
+
+class RegionGroup:
+    """The regions that share one Engine: their boxes, one tensor, the model's pre- and postprocessing.
+
+    Not thread-safe (the Preprocessor and the tensor are reused): one group per lane/thread.
+    """
+
+    def __init__(self, engine, regions: Sequence[RegionConfig], top_k: int = 5):
+        from .postprocess import Postprocessor
+        from .preprocess import Preprocessor
+
+        if not regions:
+            raise ValueError("a region group needs at least one region")
+        self.engine = engine
+        self.regions = tuple(regions)
+        self.names = [r.name for r in self.regions]
+        self.boxes = [r.box for r in self.regions]
+        self.pre = Preprocessor(engine.spec.input)
+        self.post = Postprocessor(engine.spec, top_k)
+        self.tensor = self.pre.new_buffer(len(self.regions) if engine.batch_axis_dynamic else 1)
+        self.last_ms = (0.0, 0.0)        # (preprocessing, inference) of the last classify(), for stats
+
+    def classify(self, image: np.ndarray) -> list[list[dict]]:
+        """Top-k per region, in the group's order. FrameError for an image the Preprocessor refuses."""
+        start = time.perf_counter()
+        if self.engine.batch_axis_dynamic:
+            batch = fill_batch(self.pre, image, self.boxes, self.tensor)
+            mid = time.perf_counter()
+            outputs = self.engine.run_batch(batch)
+            pre_s, inf_s = mid - start, time.perf_counter() - mid
+        else:
+            rows, pre_s, inf_s = [], 0.0, 0.0
+            for box in self.boxes:
+                t0 = time.perf_counter()
+                self.pre(crop(image, box), self.tensor[:1])
+                t1 = time.perf_counter()
+                rows.append(self.engine.run_batch(self.tensor[:1])[0])
+                pre_s, inf_s = pre_s + t1 - t0, inf_s + time.perf_counter() - t1
+            outputs = rows
+        self.last_ms = (pre_s * 1000.0, inf_s * 1000.0)
+        return [self.post.top(row) for row in outputs]

@@ -21,8 +21,8 @@ from edge_runtime.events import RegionState
 from edge_runtime.model_spec import InputSpec
 from edge_runtime.postprocess import Postprocessor
 from edge_runtime.preprocess import Preprocessor
-from edge_runtime.regions import (RegionConfig, classify_boxes, crop, crop_pixels, fill_batch,
-                                  parse_region_flag)
+from edge_runtime.regions import (RegionConfig, RegionGroup, classify_boxes, crop, crop_pixels, fill_batch,
+                                  group_by_model, parse_region_flag)
 from edge_runtime.snapshots import NAME_PATTERN, SnapshotWriter
 from edge_runtime.sources import SourceOptions, open_source
 
@@ -390,3 +390,23 @@ def test_clip_one_half_changes_one_event_and_a_snapshot(engines, fixtures, expec
     for name in files:
         image = cv2.imread(str(tmp_path / "snaps" / name))
         assert image is not None and image.shape == (384, 1024, 3)
+
+
+def test_region_group_per_model(engines, fixtures, expected):
+    fixed, dynamic = engines
+    names = ["hot_dog.jpg", "coffee.png"]
+    canvas, boxes = tile(*(photo(fixtures, n) for n in names))
+    regions = [RegionConfig(name="left", box=boxes[0]), RegionConfig(name="right", box=boxes[1], model="other.onnx"),
+               RegionConfig(name="again", box=boxes[0])]
+    groups = group_by_model(regions, "default.onnx")
+    assert {m: [r.name for r in g] for m, g in groups.items()} == {"default.onnx": ["left", "again"],
+                                                                   "other.onnx": ["right"]}
+    want = [expected[n]["label"] for n in names]
+    for engine in (dynamic, fixed):
+        group = RegionGroup(engine, regions, top_k=2)
+        assert len(group.tensor) == (3 if engine.batch_axis_dynamic else 1)
+        tops = group.classify(canvas)
+        assert [t[0]["label"] for t in tops] == [want[0], want[1], want[0]]
+        assert all(len(t) == 2 for t in tops) and min(group.last_ms) > 0
+    with pytest.raises(ValueError):
+        RegionGroup(dynamic, [])
