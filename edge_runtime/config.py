@@ -17,7 +17,9 @@ import yaml
 from . import schema
 from .addresses import parse_broker_url, parse_listen
 from .errors import ConfigError
+from .regions import RegionConfig, check_unique
 from .schema import Invalid, all_of, at_least, field, greater_than, one_of
+from .snapshots import SnapshotConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,13 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    regions: tuple[RegionConfig, ...] = field((), help="named crops of the frame, each classified")
+    snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
 
     def __post_init__(self):
         if self.source is not None and self.camera is not None:
             raise Invalid("source", "give either source or camera, not both")
+        check_unique(self.regions)
 
 
 def _load_yaml(path: Path) -> dict:

@@ -120,5 +120,12 @@ class Metrics:
             yield GaugeMetricFamily("edge_runtime_mqtt_queued_messages", "MQTT messages waiting to be sent",
                                     value=float(mqtt.get("queued", 0)))
 
+        for key, doc in (("written", "Event snapshots written"), ("failed", "Event snapshots that could not be "
+                         "written (disk full, read-only)"), ("dropped", "Event snapshots dropped (writer behind)")):
+            if f"snapshots_{key}" in s.extra:      # set by snapshots.SnapshotWriter once started
+                c = CounterMetricFamily(f"edge_runtime_snapshots_{key}", doc)
+                c.add_metric([], float(s.extra[f"snapshots_{key}"]))
+                yield c
+
         if self.extra_collect is not None:
             yield from self.extra_collect()

@@ -86,6 +86,8 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_type_name(args[0])}" if args else "a list"
     if tp is type(None):
         return "null"
+    if origin is dict:
+        return "a mapping"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}
@@ -96,11 +98,15 @@ def _convert(tp: Any, value: Any, file: str | None, path: str) -> Any:
     """Return `value` as type `tp`, or raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _convert(arg, value, file, path)
-            except ConfigError:
-                continue
+            except ConfigError as exc:
+                errors.append(exc)
+        for exc in errors:
+            if exc.key != path:      # the right kind of container, wrong inside: that error names the key
+                raise exc
         raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, key=path)
     if tp is type(None):
         if value is None:
@@ -128,6 +134,12 @@ def _convert(tp: Any, value: Any, file: str | None, path: str) -> Any:
     elif tp is dict:
         if isinstance(value, dict):
             return value
+    elif origin is dict:
+        # dict[K, V]: every key and value checked, each error naming `path.key`.
+        if isinstance(value, dict):
+            key_tp, value_tp = typing.get_args(tp)
+            return {_convert(key_tp, k, file, f"{path}.{k}"): _convert(value_tp, v, file, f"{path}.{k}")
+                    for k, v in value.items()}
     elif tp is Any:
         return value
     raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, key=path)
