@@ -299,8 +299,8 @@ class SnapshotWriter:
                       "snapshots_dropped": self.dropped}
         stats = self._stats
         if stats is not None:
-            with stats._lock:      # noqa: SLF001 - Stats.snapshot() merges extra under this lock
-                stats.extra.update(counts)
+            for key, value in counts.items():
+                stats.set_extra(key, value)
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()
