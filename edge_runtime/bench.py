@@ -268,6 +268,11 @@ def chart(result: dict, path: Path) -> None:
         v = result["video"]
         title += f" - video: {v['codec']} {v['width']}x{v['height']}"
     cv2.putText(img, title, (20, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    if result.get("noisy"):
+        cv2.putText(img, f"NOISY RUN: bare rounds spread {result['noisy']['spread']:.0%}", (700, 50), font, 0.5,
+                    (0, 0, 200), 1, cv2.LINE_AA)
+    if result.get("untrained"):
+        cv2.putText(img, "untrained weights (speed only)", (700, 70), font, 0.45, (0, 0, 200), 1, cv2.LINE_AA)
     ratios = ", ".join(f"{name} {run['ratio_vs_bare']:.2f}x" for name, run in result.get("daemon", {}).items()
                        if "ratio_vs_bare" in run)
     cv2.putText(img, f"daemon / bare session.run ({result.get('lanes', 1)} lanes, batch {result.get('batch', 1)}): "
@@ -314,7 +319,13 @@ def chart(result: dict, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m edge_runtime bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m edge_runtime bench", description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Takes about 3-4 minutes with the defaults on a 2-core machine (each round: the bare runs and "
+               "6 daemon runs; then the stages, a live run and the thread sweep); more with --repeats or "
+               "--frames. Run it on an otherwise idle machine: a run whose rounds disagree by more than "
+               f"{NOISY:.0%} is flagged as noisy.")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--int8", metavar="MODEL", help="an INT8 model to compare against --model")
     ap.add_argument("--threads", type=int, default=0, help="threads for the main comparison (0 = all cores)")
@@ -331,10 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def daemon_plan(model: str, threads: int, source: str) -> RunPlan:
+NOISY = 0.20   # bare rounds further apart than this (of the best): the machine was busy or drifting
+
+
+def daemon_plan(model: str, threads: int, source: str) -> tuple[RunPlan, Engine]:
     """The plan the daemon makes for `source` with default settings (lanes, batch, sessions)."""
     cfg = config_mod.Config(model=model, threads=threads)
-    return load_model(plan_run(cfg, source), cfg)[0]
+    return load_model(plan_run(cfg, source), cfg)
+
+
+def flag_noise(result: dict) -> None:
+    """Rounds of the same bare measurement that disagree: say so in the output, the JSON and the chart."""
+    fps = result["bare"]["fps_rounds"]
+    spread = (max(fps) - min(fps)) / max(fps) if fps and max(fps) > 0 else 0.0
+    if spread > NOISY:
+        result["noisy"] = {"spread": round(spread, 3), "bare_fps_rounds": fps}
+        print(f"WARNING: noisy run: the bare rounds disagree by {spread:.0%} ({min(fps):.0f}-{max(fps):.0f} fps); "
+              "something else is using the CPU, or the machine's speed drifts. Compare ratios with care, or "
+              "re-run on an idle machine with more --repeats.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,11 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         v = result["video"]
         print(f"video: {'generated ' if v['generated'] else ''}{v['path']} ({v['codec']}, "
               f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
-        plan = daemon_plan(args.model, threads, f"synthetic://{width}x{height}")
+        plan, engine = daemon_plan(args.model, threads, f"synthetic://{width}x{height}")
         result["lanes"], result["batch"] = plan.lanes, plan.batch
+        result["untrained"] = engine.spec.untrained
+        if engine.spec.untrained:
+            print(f"note: {args.model} has UNTRAINED weights: the speed is real, its predictions are not")
+        del engine
         sources = {"synthetic": (f"synthetic://{width}x{height}",), "video": (str(video), "--loop")}
         rounds, bares = run_rounds(args, plan, sources, tmp_dir)
         summarize_bare(result, bares, plan)
+        flag_noise(result)
         result["stages"] = stages(args.model, threads, width, height, video, args.seconds)
         for name, st in result["stages"].items():
             print(f"  stage {name:18s} median {st['median_ms']:.4f} ms  p95 {st['p95_ms']:.4f} ms")

@@ -90,7 +90,8 @@ def warn_untrained(engine) -> None:
         bar = "!" * 78
         for line in (bar, f"MODEL HAS UNTRAINED (RANDOM) WEIGHTS: {engine.path}",
                      "Its predictions are meaningless. It proves the pipeline runs, nothing more.",
-                     "Export trained weights: python models/export.py --weights imagenet (see models/README.md).",
+                     "Get real ImageNet weights: python -m edge_runtime fetch-model (no PyTorch needed), or "
+                     "your own: models/README.md.",
                      bar):
             log.warning(line)
 
@@ -179,6 +180,9 @@ def build_daemon(cfg, plan, engine):
         log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
                  "published in order", plan.lanes, engines[0].threads, shared, plan.batch)
     stats = Stats()
+    info = engine.info()
+    # In every stats line: which model, and whether its labels mean anything.
+    stats.set_extra("model", {"path": info["path"], "arch": info["arch"], "untrained": engine.spec.untrained})
     sinks = build_sinks(cfg)
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
                               batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
@@ -186,7 +190,7 @@ def build_daemon(cfg, plan, engine):
                               reconnect_max=cfg.capture.reconnect_max_delay)
     pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.uri,
                         stop=STOP, notifier=Notifier(), stats=stats)
-    context = SinkContext(stats=stats, stop=STOP, live=plan.live, model_info=engine.info(),
+    context = SinkContext(stats=stats, stop=STOP, live=plan.live, model_info=info,
                           health=pipeline.health)
     for sink in sinks:
         sink.start(context)

@@ -35,7 +35,9 @@ def session_options(threads: int, mem_pattern: bool = True, spinning: bool = Tru
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3   # onnxruntime's own warnings would land in the journal as noise
+    # Fatal only: its warnings would be noise in the journal, and what fails is raised and reported by us in
+    # one line (its own coloured error log would be a second one).
+    opts.log_severity_level = 4
     # Spinning workers answer the next parallel section at once: the fastest back-to-back inference
     # (files), but between a camera's frames they burn a core for nothing (30 fps, 2 threads: 1.05
     # cores spinning, 0.13 not; measured, docs/BENCHMARKS.md).
@@ -75,7 +77,9 @@ class Engine:
         # ProtectSystem=strict) that is a warning in the journal on every start. We want neither.
         if hasattr(ort, "disable_telemetry_events"):
             ort.disable_telemetry_events()
-        ort.set_default_logger_severity(3)   # errors only: its warnings are noise in the journal
+        # Fatal only: its warnings are noise in the journal, and a model it cannot load is reported by us,
+        # in one line (its own error log would add a second, coloured one).
+        ort.set_default_logger_severity(4)
         self.path = model_path
         self.threads = threads or os.cpu_count() or 1
         path = Path(model_path)
@@ -85,11 +89,21 @@ class Engine:
             raise ModelError(model_path, "is a folder, not an .onnx file")
         if path.stat().st_size == 0:
             raise ModelError(model_path, "file is empty (0 bytes)")
+        options = session_options(self.threads, mem_pattern, spinning)
         try:
-            options = session_options(self.threads, mem_pattern, spinning)
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
+            # onnxruntime's graph optimisations have refused valid models: 1.32 with the exact-INT8 kernels
+            # on x86 (session.x64quantprecision) and a TF2 post-training-quantised MobileNetV2, "Attempt to
+            # replace the existing tensor". Basic optimisations keep the exact kernels; said once.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            try:
+                self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                    providers=["CPUExecutionProvider"])
+            except Exception:
+                raise ModelError(model_path, f"onnxruntime cannot load it: {ort_message(exc)}") from None
+            log.warning("model %s: onnxruntime's full graph optimisation failed on it (%s); running it with "
+                        "basic optimisations instead (slower)", model_path, ort_message(exc))
         # What the session was given (the environment may have overridden `spinning`).
         self.spinning = options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
         if spec is None:
@@ -118,7 +132,7 @@ class Engine:
                              f"uint8 image tensors are supported")
         if dtype != spec.dtype:
             raise ModelError(self.path, f"input '{self.input.name}' is {dtype} but the description "
-                             f"({self.spec.origin}) says dtype {spec.dtype}")
+                             f"({self.spec.origin}) says dtype {spec.dtype}{self._no_description_hint()}")
         shape = list(self.input.shape)
         if len(shape) != 4:
             raise ModelError(self.path, f"input '{self.input.name}' has rank {len(shape)} {shape}; "
@@ -129,7 +143,7 @@ class Engine:
             if need is not None and isinstance(have, int) and have != need:
                 raise ModelError(self.path, f"input '{self.input.name}' has shape {shape} but the description "
                                  f"({self.spec.origin}) says {spec.layout.upper()} with size {list(spec.size)} "
-                                 f"(axis {axis}: model {have}, description {need})")
+                                 f"(axis {axis}: model {have}, description {need}){self._no_description_hint()}")
         out_shape = [d for d in self.output.shape]
         classes = 1
         for d in out_shape[1:]:
@@ -146,6 +160,13 @@ class Engine:
                              f"give {len(labels)} classes with label_offset {self.spec.label_offset}, "
                              f"which needs {len(labels) + self.spec.label_offset}")
         return classes
+
+    def _no_description_hint(self) -> str:
+        """A model with neither metadata nor sidecar was checked against the defaults: say what to do."""
+        if self.spec.origin != ms.default_spec_origin():
+            return ""
+        return (f". The model carries no description: write {ms.sidecar_path(self.path)} next to it (input size, "
+                "colour, layout, dtype, mean/std, labels; README section 'Models and what they expect')")
 
     def _probe_classes(self) -> int:
         out = self.run(np.zeros(self.input_shape(), dtype=self.input_dtype()))

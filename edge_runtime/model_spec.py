@@ -153,10 +153,14 @@ def from_document(doc: Any, *, origin: str, base_dir: Path | None, file: str | N
                      info=tuple(sorted((info or {}).items())))
 
 
+def default_spec_origin() -> str:
+    return "defaults (torchvision MobileNetV3 recipe)"
+
+
 def default_spec() -> ModelSpec:
     labels = read_labels(DEFAULT_LABELS_FILE) if DEFAULT_LABELS_FILE.exists() else None
     return ModelSpec(input=InputSpec(resize=256), labels=labels, label_offset=0, output="logits",
-                     output_scale=None, origin="defaults (torchvision MobileNetV3 recipe)")
+                     output_scale=None, origin=default_spec_origin())
 
 
 def from_metadata(props: dict[str, str], model_path: str) -> ModelSpec | None:

@@ -93,7 +93,8 @@ class Pipeline:
         self.source_uri = source_uri
         self.inline = not live and options.inline_reader
         self.feed: FrameFeed = Handoff(live, self.stats)
-        self.publisher = Publisher(sinks, self.stats, self.notifier, self.stop, source_uri, options.max_frames)
+        self.publisher = Publisher(sinks, self.stats, self.notifier, self.stop, source_uri, options.max_frames,
+                                   untrained=self.lanes[0].engine.spec.untrained)
         self._generation = 0
         self.capture: CaptureThread | None = None
         self.started_mono = time.perf_counter()
@@ -258,7 +259,7 @@ class Pipeline:
             outputs = lane.engine.run_batch(lane.tensor[:len(taken.frames)])
             inf_ms = (time.perf_counter() - t1) * 1000.0    # each frame of the batch waited for the whole run
             for i, pre_ms in taken.usable:
-                results[i] = (taken.frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms)
+                results[i] = (taken.frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms, len(taken.frames))
         return results
 
     # -- for sinks and the daemon --

@@ -18,19 +18,21 @@ from .sinks import Sink
 from .sources import Frame
 from .stats import Stats
 
-# (frame, top-k list, preprocess ms, inference ms) of a usable frame; None for a refused one
-Result = tuple[Frame, list, float, float] | None
+# (frame, top-k list, preprocess ms, inference ms of its session.run, frames in that run) of a usable
+# frame; None for a refused one
+Result = tuple[Frame, list, float, float, int] | None
 
 
 class Publisher:
     def __init__(self, sinks: Sequence[Sink], stats: Stats, notifier: Notifier, stop: threading.Event,
-                 source_uri: str, max_frames: int | None):
+                 source_uri: str, max_frames: int | None, untrained: bool = False):
         self.sinks = list(sinks)
         self.stats = stats
         self.notifier = notifier
         self.stop = stop
         self.source_uri = source_uri
         self.max_frames = max_frames
+        self.untrained = untrained              # said in every record: its labels mean nothing
         self.cond = threading.Condition()       # sinks are called by one thread at a time, under it
         self._next_seq = 0                      # order of frames as read
         self._pending: dict[int, Result] = {}   # finished frames waiting for an earlier one
@@ -94,7 +96,7 @@ class Publisher:
         limit = self.max_frames
         return float("inf") if limit is None else limit - self.processed - (self._next_seq - self._next_publish)
 
-    def _publish(self, frame: Frame, top: list, pre_ms: float, inf_ms: float) -> None:
+    def _publish(self, frame: Frame, top: list, pre_ms: float, inf_ms: float, batch: int) -> None:
         now = time.perf_counter()
         total_ms = (now - frame.mono) * 1000.0
         record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6),
@@ -103,7 +105,9 @@ class Publisher:
                                  "total": round(total_ms, 3)}}
         if frame.path is not None:
             record["path"] = frame.path
-        self.stats.processed(pre_ms, inf_ms, total_ms)
+        if self.untrained:
+            record["untrained"] = True
+        self.stats.processed(pre_ms, inf_ms, total_ms, batch)
         self.last_processed_mono = now
         self.processed += 1
         for sink in self.sinks:

@@ -36,6 +36,7 @@ class Stats:
         self.inference_ms: deque[float] = deque(maxlen=WINDOW)
         self.total_ms: deque[float] = deque(maxlen=WINDOW)
         self.preprocess_ms: deque[float] = deque(maxlen=WINDOW)
+        self.inference_per_frame_ms: deque[float] = deque(maxlen=WINDOW)   # a batch's run ÷ its frames
         # For FPS over the last interval.
         self._last_mono = time.perf_counter()
         self._last_captured = 0
@@ -58,11 +59,13 @@ class Stats:
                 self.first_frame_mono = time.perf_counter()
                 self.first_frame_ts = time.time()
 
-    def processed(self, preprocess_ms: float, inference_ms: float, total_ms: float) -> None:
+    def processed(self, preprocess_ms: float, inference_ms: float, total_ms: float, batch: int = 1) -> None:
+        """One published frame; `inference_ms` is the time of the session.run it was part of (`batch` frames)."""
         with self._lock:
             self.frames_processed += 1
             self.preprocess_ms.append(preprocess_ms)
             self.inference_ms.append(inference_ms)
+            self.inference_per_frame_ms.append(inference_ms / max(1, batch))
             self.total_ms.append(total_ms)
 
     def snapshot(self, final: bool = False) -> dict:
@@ -91,6 +94,7 @@ class Stats:
                 "fps": {"capture": round(cap_fps, 2), "inference": round(inf_fps, 2)},
                 "latency_ms": {"preprocess": _percentiles(self.preprocess_ms),
                                "inference": _percentiles(self.inference_ms),
+                               "inference_per_frame": _percentiles(self.inference_per_frame_ms),
                                "total": _percentiles(self.total_ms)},
             }
             line.update(self.extra)
@@ -118,4 +122,5 @@ def summary(line: dict) -> str:
             f"reconnects {line['source_reconnects']}, "
             f"temp {f'{temp:.1f} C' if temp is not None else 'n/a'}"
             + (f", THROTTLING: {' '.join(now_flags)}" if now_flags else "")
-            + f", rss {line['rss_mb']} MB")
+            + f", rss {line['rss_mb']} MB"
+            + (", UNTRAINED MODEL (labels meaningless)" if (line.get("model") or {}).get("untrained") else ""))

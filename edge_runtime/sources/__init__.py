@@ -51,7 +51,8 @@ def camera_uri(index: int, dt_model_path: str = "/proc/device-tree/model") -> st
     if Path(device).exists():
         return device
     tried.append(f"{device} does not exist")
-    raise SourceError(f"no camera {index}: " + "; ".join(tried))
+    raise SourceError(f"no camera {index}: " + "; ".join(tried) + ". Without a camera, try --source "
+                      "synthetic://640x480 (a moving test pattern), a video file or a folder of images")
 
 
 def open_source(uri: str, options: SourceOptions) -> Source:
