@@ -22,6 +22,7 @@ from collections import deque
 from typing import Callable
 
 from .errors import UserError
+from .ratelimit import RateLimited
 from .sources import Frame, SkipFrame, Source, SourceLost
 from .stats import Stats
 
@@ -207,9 +208,15 @@ class CaptureThread(threading.Thread):
 
 
 def warn_skipped(stats: Stats, message: str) -> None:
-    """Count a skipped frame; warn for the first few, then every 100th (a folder of 10 000 broken
-    files must not flood the journal)."""
+    """Count a skipped frame; warn for the first few, then at most once every SKIP_LOG_S seconds (a
+    folder of 10 000 broken files, looped, must not flood the journal)."""
     stats.add("frames_skipped")
     n = stats.frames_skipped
-    if n <= 5 or n % 100 == 0:
+    if n <= 5:
         log.warning("skipped: %s (%d skipped so far)", message, n)
+    else:
+        _skip_log.warn(log, "skipped: %s (%d skipped so far)", message, n)
+
+
+SKIP_LOG_S = 30.0
+_skip_log = RateLimited(SKIP_LOG_S)

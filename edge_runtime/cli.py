@@ -13,6 +13,7 @@ import time
 from . import __version__
 from . import config as config_mod
 from .errors import EXIT_OK, EXIT_UNEXPECTED, ModelError, UserError, first_line
+from .redact import one_line, sanitise_logging
 
 log = logging.getLogger("edge_runtime")
 
@@ -77,6 +78,7 @@ def setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") \
         else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+    sanitise_logging()      # no password, no forged line (newlines from a model's metadata) in any message
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -179,7 +181,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     probe = open_source(uri, source_options)      # refuse a bad source string before anything starts
 
     if args.validate_config:
-        print(f"config OK: source {uri}; model {engine.describe()}")
+        print(f"config OK: source {probe.uri}; model {one_line(engine.describe(), 1000)}")
         return EXIT_OK
 
     import cv2
@@ -217,7 +219,7 @@ def run_daemon(args: argparse.Namespace) -> int:
                         notifier=Notifier(), stats=stats)
     if http_sink is not None:
         http_sink.attach(pipeline)
-    log.info("source: %s (%s); ready in %.2f s", uri, "live" if pipeline.live else "frame by frame",
+    log.info("source: %s (%s); ready in %.2f s", pipeline.source_uri, "live" if pipeline.live else "frame by frame",
              time.perf_counter() - started)
     pipeline.run()
     pipeline.finish()

@@ -28,7 +28,7 @@ from .capture import CaptureThread, Handoff, InlineReader, warn_skipped
 from .engine import Engine
 from .errors import first_line
 from .notify import Notifier
-from .postprocess import Postprocessor
+from .postprocess import NonFiniteOutput, Postprocessor, refuse
 from .preprocess import FrameError, Preprocessor
 from .sinks import OutputClosed, Sink
 from .sources import Frame, Source
@@ -256,7 +256,10 @@ class Pipeline:
             outputs = lane.engine.run_batch(lane.tensor[:len(frames)])
             inf_ms = (time.perf_counter() - t1) * 1000.0    # each frame of the batch waited for the whole run
             for i, pre_ms in usable:
-                results[i] = (frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms)
+                try:
+                    results[i] = (frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms)
+                except NonFiniteOutput as exc:      # NaN/inf: never published (JSON has no NaN)
+                    refuse(self.stats, frames[i].index, exc)
         # A lane never waits for its turn: it leaves its results and goes on to the next frames;
         # whoever finishes the oldest outstanding frame publishes everything that is now in order.
         # (Waiting put the lanes in lockstep, their Python work colliding on the GIL: measured slower.)
