@@ -12,9 +12,11 @@
 From the inference loop, prediction() only stores references (record, frame image) and feeds the
 latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
 only while someone asks for a snapshot or watches the stream, at most http.mjpeg_fps times a
-second whatever the number of viewers. Each connection has its own thread and a socket timeout, so a
-client that never reads blocks only its own thread, and only until the timeout; connections beyond
-http.max_connections get a 503 at once.
+second whatever the number of viewers. Request heads are read by one selector thread with a total
+deadline (see _Server); a complete request has its own thread and a socket timeout, so a client that
+never reads blocks only its own thread, and only until the timeout; requests beyond
+http.max_connections get a 503 at once (/healthz and /metrics have a small reserve). The Host header
+is checked (DNS rebinding) and the Server header names no Python version.
 """
 
 from __future__ import annotations
@@ -96,13 +98,8 @@ class _Server(ThreadingHTTPServer):
         self._closing = False
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        try:
-            super().__init__(address, handler)
-        except BaseException:
-            self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
-            raise
+        self._head_thread: threading.Thread | None = None
+        super().__init__(address, handler)      # on a bind error it calls server_close(), which cleans up
         self._head_thread = threading.Thread(target=self._read_heads, name="http-heads", daemon=True)
         self._head_thread.start()
 
@@ -231,7 +228,8 @@ class _Server(ThreadingHTTPServer):
             self._wake_w.send(b"x")
         except OSError:
             pass
-        self._head_thread.join(1.0)
+        if self._head_thread is not None:
+            self._head_thread.join(1.0)
         with self._pending_lock:
             for sock in list(self._pending):
                 self._drop(sock)
