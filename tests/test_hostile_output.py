@@ -391,3 +391,50 @@ def test_a_broker_that_accepts_and_hangs_up_is_retried_ever_less_often(tmp_path)
     assert (gaps[1:] > 1.5 * gaps[:-1]).all(), f"attempts not growing apart: {gaps}"
     err = d.stderr()
     assert err.count("lost the connection") <= 1 and err.count("reconnected to") <= 1, err
+
+
+@pytest.mark.parametrize("uri, secret", [
+    ("HTTP://cam:s3cr3t-up@127.0.0.1:{port}/x", "s3cr3t-up"),          # FFmpeg refuses it: retried, logged
+    ("rtsp://cam:pw with space-s3cr3t@127.0.0.1:{port}/x", "s3cr3t"),    # nobody listens: retried, logged
+    ("rtspx://cam:s3cr3t-x@cam/x", "s3cr3t-x"),                          # unknown scheme: one error line
+])
+def test_no_secret_when_the_source_never_opens(tmp_path, uri, secret):
+    uri = uri.format(port=free_port())
+    model = make_channel_model(tmp_path / "m.onnx")
+    rc, out, err = run_strict(tmp_path, "--validate-config", "--source", uri, "--model", model)
+    text = out.decode() + err
+    assert secret not in text and (rc == 2 or "***" in out.decode()), text
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("capture: {reconnect_initial_delay: 0.1, reconnect_max_delay: 0.2}\n")
+    d = Daemon(tmp_path, "--config", cfg, "--source", uri, "--model", model, "--stats-interval", "0.3")
+    try:
+        wait_until(lambda: not d.running() or "source lost" in d.stderr(), 20, "a loss or an exit")
+        time.sleep(0.5 if d.running() else 0)
+    finally:
+        rc = d.stop()
+    out, err = d.out.read_bytes().decode("utf-8"), d.stderr()
+    assert rc in (0, 2) and ("***" in err), err
+    assert secret not in out and secret not in err, err
+
+
+def test_metadata_and_file_names_cannot_forge_log_lines(tmp_path):
+    import cv2
+    path = make_channel_model(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "edge_runtime.arch":
+            prop.value = "net\nFORGED-ARCH ERROR edge_runtime: disk on fire"
+        if '"labels"' in prop.value:
+            prop.value = prop.value.replace('"red"', '"red\\nFORGED-LABEL ERROR x"')
+    onnx.save(model, str(path))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a\nFORGED-NAME ERROR y.png"), np.full((32, 32, 3), (0, 0, 255), np.uint8))
+    rc, out, err = run_strict(tmp_path, "--source", folder, "--model", path, "--log-predictions")
+    assert rc == 0, err
+    assert "FORGED-ARCH" in err and "FORGED-LABEL" in err and "FORGED-NAME" in err     # logged, escaped:
+    assert not any(line.startswith("FORGED") for line in err.splitlines()), err       # no line of its own
+    rc, out, err = run_strict(tmp_path, "--validate-config", "--source", folder, "--model", path)
+    assert rc == 0 and len(out.decode().splitlines()) == 1 and "FORGED-ARCH" in out.decode()
+    preds = strict_json_lines(run_strict(tmp_path, "--source", folder, "--model", path)[1])
+    assert preds[0]["top"][0]["label"] == "red\nFORGED-LABEL ERROR x"       # JSON escapes it: data kept as is
