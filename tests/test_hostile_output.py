@@ -438,3 +438,39 @@ def test_metadata_and_file_names_cannot_forge_log_lines(tmp_path):
     assert rc == 0 and len(out.decode().splitlines()) == 1 and "FORGED-ARCH" in out.decode()
     preds = strict_json_lines(run_strict(tmp_path, "--source", folder, "--model", path)[1])
     assert preds[0]["top"][0]["label"] == "red\nFORGED-LABEL ERROR x"       # JSON escapes it: data kept as is
+
+
+def test_a_stream_that_opens_and_ends_at_once_is_not_reopened_in_a_tight_loop(tmp_path):
+    """An HTTP 'camera' serving a 3-frame clip: every open works and ends at once. It was reopened ~450
+    times a second with two warnings each time; now the pause doubles until a connection lasts."""
+    import cv2
+    d0 = tmp_path / "srv"
+    d0.mkdir()
+    writer = cv2.VideoWriter(str(d0 / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
+    for _ in range(3):
+        writer.write(np.full((48, 64, 3), (0, 0, 255), np.uint8))
+    writer.release()
+    gets = []
+
+    class Counting(_Quiet):
+        def do_GET(self):
+            gets.append(time.monotonic())
+            super().do_GET()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Counting, directory=str(d0)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    model = make_channel_model(tmp_path / "m.onnx")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("capture: {reconnect_initial_delay: 0.2, reconnect_max_delay: 30}\n")
+    d = Daemon(tmp_path, "--config", cfg, "--source", f"http://127.0.0.1:{srv.server_address[1]}/clip.avi",
+               "--model", model, "--quiet-predictions")
+    try:
+        wait_until(lambda: gets, 30, "the first GET")
+        time.sleep(3.0)
+    finally:
+        rc = d.stop()
+        srv.shutdown()
+        srv.server_close()
+    err = d.stderr().splitlines()
+    assert rc == 0
+    assert 2 <= len(gets) <= 6, f"{len(gets)} opens in ~3 s"      # 0.2, 0.4, 0.8, 1.6 s apart
+    assert len(err) < 20, "\n".join(err[-30:])
