@@ -47,7 +47,7 @@ PAGE = Path(__file__).resolve().parents[1] / "data" / "live.html"
 SOCKET_TIMEOUT_S = 10.0
 BOUNDARY = "frame"
 HEAD_DEADLINE_S = 10.0      # a request's line and headers must all arrive within this, in total
-HEAD_MAX_BYTES = 16384      # a GET's head is a few hundred bytes
+HEAD_MAX_BYTES = 32768      # a GET's head is a few hundred bytes (a browser's cookies for localhost: a few KB)
 MAX_PENDING_HEADS = 128     # connections still sending their head; beyond this the oldest is dropped
 LIGHT_PATHS = ("/healthz", "/metrics")
 LIGHT_RESERVE = 4           # extra slots for the light paths: monitoring sees the truth when all are held
@@ -142,7 +142,12 @@ class _Server(ThreadingHTTPServer):
                     except OSError:
                         pass
                     continue
-                self._read_head(key.fileobj)
+                try:
+                    self._read_head(key.fileobj)
+                except Exception:       # this thread serves every connection: it must not die
+                    log.warning("http: error reading a request", exc_info=True)
+                    with self._pending_lock:
+                        self._drop(key.fileobj)
             now = time.monotonic()
             with self._pending_lock:
                 expired = [sock for sock, (deadline, _, _) in self._pending.items() if deadline <= now]
@@ -196,12 +201,12 @@ class _Server(ThreadingHTTPServer):
         self.heads[sock.fileno()] = head
         try:
             socketserver.ThreadingMixIn.process_request(self, sock, client_address)
-        except BaseException:
+        except Exception as exc:      # no thread to be had (a thread limit): refuse this one, serve on
             self.heads.pop(sock.fileno(), None)
             with self._active_lock:
                 self.active -= 1
             self.shutdown_request(sock)
-            raise
+            log.warning("http: cannot serve %s: %s", client_address[0], exc)
 
     def _reply_and_close(self, sock: socket.socket, status: bytes, body: bytes) -> None:
         try:
