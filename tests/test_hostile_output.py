@@ -270,6 +270,20 @@ def camera_server(tmp_path_factory):
     srv.server_close()
 
 
+class _NotifiedDaemon(Daemon):
+    """Daemon, with NOTIFY_SOCKET set (as under systemd)."""
+
+    def __init__(self, workdir: Path, *args, notify: Path):
+        import subprocess
+        import sys
+
+        from conftest import REPO, daemon_env
+        self.out, self.err = workdir / "daemon.stdout", workdir / "daemon.stderr"
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", *map(str, args)], stdout=out,
+                                         stderr=err, env=daemon_env(NOTIFY_SOCKET=str(notify)), cwd=REPO)
+
+
 @pytest.mark.parametrize("form, secret", [
     ("http://cam:s3cr3t-pw@127.0.0.1:{port}/clip.avi", "s3cr3t-pw"),
     ("http://cam:p@ss:w0rd-x@127.0.0.1:{port}/clip.avi", "ss:w0rd-x"),          # '@' and ':' in the password
@@ -287,7 +301,9 @@ def test_no_secret_in_any_output(tmp_path, camera_server, form, secret):
         args += ["--mqtt", f"mqtt://127.0.0.1:{broker.port}/cam"]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("capture: {reconnect_initial_delay: 0.1, reconnect_max_delay: 0.2}\n")
-    d = Daemon(tmp_path, "--config", cfg, *args)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)       # systemd's notify socket
+    notify.bind(str(tmp_path / "notify"))
+    d = _NotifiedDaemon(tmp_path, "--config", cfg, *args, notify=tmp_path / "notify")
     bodies = []
     try:
         wait_until(lambda: len(d.predictions()) >= 1 and "source lost" in d.stderr(), 30,
@@ -306,6 +322,15 @@ def test_no_secret_in_any_output(tmp_path, camera_server, form, secret):
             sub.close()
         if broker is not None:
             broker.stop()
+    status = []
+    notify.setblocking(False)
+    while True:
+        try:
+            status.append(notify.recv(4096).decode())
+        except BlockingIOError:
+            break
+    notify.close()
+    assert any("READY=1" in m and "***" in m for m in status), status
     out, err = d.out.read_bytes().decode("utf-8"), d.stderr()
     preds = [json.loads(line) for line in out.splitlines() if '"prediction"' in line]
     assert rc == 0 and preds, err[-2000:]
@@ -313,7 +338,8 @@ def test_no_secret_in_any_output(tmp_path, camera_server, form, secret):
     assert json.loads(bodies[0])["source"] == preds[0]["source"]
     assert "source: http://" in err and "source lost" in err        # the startup and loss lines exist...
     mqtt = [p.decode() for _, p, _, _ in sub.messages] if sub is not None else []
-    for where, text in [("stdout", out), ("stderr", err), ("http", "\n".join(bodies)), ("mqtt", "\n".join(mqtt))]:
+    for where, text in [("stdout", out), ("stderr", err), ("http", "\n".join(bodies)), ("mqtt", "\n".join(mqtt)),
+                        ("systemd", "\n".join(status))]:
         assert secret not in text, f"the secret leaked into {where}"      # ...and none shows it
 
 
