@@ -12,6 +12,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from .redact import redact
+
+__all__ = ["hostname", "topic_safe", "default_prefix", "redact", "BrokerUrl", "parse_broker_url", "parse_listen"]
+
 
 def hostname() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
@@ -24,14 +28,6 @@ def topic_safe(text: str) -> str:
 
 def default_prefix() -> str:
     return f"edge_runtime/{topic_safe(hostname())}"
-
-
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^@\s/]*@")
-
-
-def redact(text: str) -> str:
-    """`rtsp://user:secret@cam/...` -> `rtsp://user:***@cam/...` anywhere in a string."""
-    return _USERINFO.sub(r"\1:***@", text)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,14 @@ from collections import deque
 from typing import Callable, Protocol
 
 from .errors import UserError
+from .ratelimit import RateLimited
 from .sources import Frame, SkipFrame, Source, SourceLost
 from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 2   # frames read ahead for files: enough to overlap decoding with inference
+STABLE_S = 30.0   # a live source that fails sooner after opening is reopened with a growing pause
 
 
 class FrameFeed(Protocol):
@@ -137,6 +139,8 @@ class CaptureThread(threading.Thread):
         self.connected = False
         self.lost_since: float | None = None
         self.lost_reason = ""
+        self._opened_at = 0.0       # when the source last opened
+        self._flap_delay = 0.0      # the pause before reopening a source that failed soon after opening
 
     def _should_stop(self) -> bool:
         return self.stop_event.is_set() or self.abandoned.is_set()
@@ -193,6 +197,7 @@ class CaptureThread(threading.Thread):
                 self.connected = False
                 self._mark_lost(str(exc))
                 source.close()
+                self._pause_if_flapping()
                 if not self._connect(source):
                     return
                 self.connected = True
@@ -213,14 +218,32 @@ class CaptureThread(threading.Thread):
             self.stats.add("source_reconnects")
             log.warning("source recovered: %s is back after %.1f s", source.uri, down)
             self.lost_since = None
-        self.last_frame_mono = time.perf_counter()
+        self.last_frame_mono = self._opened_at = time.perf_counter()
+
+    def _pause_if_flapping(self) -> None:
+        """A source that opens and then fails at once (a stream server that hangs up, a clip served over
+        HTTP that ends) must not be reopened in a tight loop (thousands of reconnects and log lines a
+        minute): the pause doubles, up to reconnect_max, until a connection has lasted STABLE_S."""
+        if time.perf_counter() - self._opened_at >= STABLE_S:
+            self._flap_delay = 0.0
+            return
+        self._flap_delay = min(max(2 * self._flap_delay, self.reconnect_initial), self.reconnect_max)
+        log.debug("source failed %.1f s after opening; reopening in %.1f s",
+                  time.perf_counter() - self._opened_at, self._flap_delay)
+        self.stop_event.wait(self._flap_delay)
 
 
 
 def warn_skipped(stats: Stats, message: str) -> None:
-    """Count a skipped frame; warn for the first few, then every 100th (a folder of 10 000 broken
-    files must not flood the journal)."""
+    """Count a skipped frame; warn for the first few, then at most once every SKIP_LOG_S seconds (a
+    folder of 10 000 broken files, looped, must not flood the journal)."""
     stats.add("frames_skipped")
     n = stats.frames_skipped
-    if n <= 5 or n % 100 == 0:
+    if n <= 5:
         log.warning("skipped: %s (%d skipped so far)", message, n)
+    else:
+        _skip_log.warn(log, "skipped: %s (%d skipped so far)", message, n)
+
+
+SKIP_LOG_S = 30.0
+_skip_log = RateLimited(SKIP_LOG_S)

@@ -13,6 +13,7 @@ import time
 from . import __version__
 from . import config as config_mod
 from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
+from .redact import one_line, sanitise_logging
 
 log = logging.getLogger("edge_runtime")
 
@@ -78,6 +79,7 @@ def setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") \
         else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+    sanitise_logging()      # no password, no forged line (newlines from a model's metadata) in any message
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -139,10 +141,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     plan = plan_run(cfg, source_uri(cfg))
     plan, engine = load_model(plan, cfg, args.config)
     if args.validate_config:
-        print(f"config OK: source {plan.uri}; model {engine.describe()}")
+        print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}")
         return EXIT_OK
     pipeline, stdout_sink = build_daemon(cfg, plan, engine)
-    log.info("source: %s (%s); ready in %.2f s", plan.uri, "live" if plan.live else "frame by frame",
+    log.info("source: %s (%s); ready in %.2f s", plan.display_uri, "live" if plan.live else "frame by frame",
              time.perf_counter() - started)
     pipeline.run()
     pipeline.finish()
@@ -188,7 +190,7 @@ def build_daemon(cfg, plan, engine):
                               batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay)
-    pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.uri,
+    pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.display_uri,
                         stop=STOP, notifier=Notifier(), stats=stats)
     context = SinkContext(stats=stats, stop=STOP, live=plan.live, model_info=info,
                           health=pipeline.health)

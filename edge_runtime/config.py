@@ -114,6 +114,7 @@ class HttpConfig:
     unhealthy_after: float = field(30.0, check=greater_than(0),
                                    help="/healthz is 503 after this many seconds without frames or source")
     max_connections: int = field(32, check=at_least(1))
+    allowed_hosts: tuple[str, ...] = field((), help="extra Host names to serve (DNS names this device is reached by)")
 
 
 @dataclass(frozen=True)

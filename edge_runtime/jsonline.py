@@ -6,4 +6,5 @@ import json
 
 
 def dumps(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Standard JSON only: NaN/Infinity raise (the pipeline refuses non-finite results before this)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

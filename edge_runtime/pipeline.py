@@ -30,7 +30,7 @@ from . import health
 from .capture import CaptureThread, FrameFeed, Handoff, InlineReader, warn_skipped
 from .engine import Engine
 from .notify import Notifier
-from .postprocess import Postprocessor
+from .postprocess import NonFiniteOutput, Postprocessor, refuse
 from .preprocess import FrameError, Preprocessor
 from .publisher import Publisher, Result
 from .sinks import OutputClosed, Sink
@@ -259,7 +259,10 @@ class Pipeline:
             outputs = lane.engine.run_batch(lane.tensor[:len(taken.frames)])
             inf_ms = (time.perf_counter() - t1) * 1000.0    # each frame of the batch waited for the whole run
             for i, pre_ms in taken.usable:
-                results[i] = (taken.frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms, len(taken.frames))
+                try:
+                    results[i] = (taken.frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms, len(taken.frames))
+                except NonFiniteOutput as exc:      # NaN/inf: never published (JSON has no NaN)
+                    refuse(self.stats, taken.frames[i].index, exc)
         return results
 
     # -- for sinks and the daemon --

@@ -22,6 +22,7 @@ from pathlib import Path
 from .config import AUTO_BATCH
 from .engine import Engine
 from .errors import ModelError, UserError
+from .redact import display_uri
 from .sources import Source, SourceOptions, camera_uri, open_source
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ class RunPlan:
     spinning: bool              # onnxruntime workers spin between runs (throughput) or sleep (paced)
     source_options: SourceOptions
     source_problem: UserError | None = None   # a bad source string, reported after the model's own checks
+
+    @property
+    def display_uri(self) -> str:
+        """The source as shown anywhere (logs, records, MQTT, HTTP): credentials masked, valid UTF-8."""
+        return display_uri(self.uri)
 
     def make_source(self) -> Source:
         """The source, made (not opened); the pipeline makes it again to reconnect."""

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .model_spec import ModelSpec
+from .ratelimit import RateLimited
+from .redact import printable
+
+log = logging.getLogger(__name__)
+_refusals = RateLimited(60.0)
+
+
+class NonFiniteOutput(ValueError):
+    """The model's scores for a frame hold NaN or infinity: the frame is refused, never published."""
+
+
+def refuse(stats, index: int, exc: Exception) -> None:
+    """Count a frame whose result cannot be published (frames_skipped); warn at most once a minute."""
+    stats.add("frames_skipped")
+    _refusals.warn(log, "frame %d refused: %s (%d skipped so far; check the model and its sidecar's "
+                   "mean/std/output_scale)", index, exc, stats.frames_skipped)
 
 
 class Postprocessor:
@@ -28,8 +46,12 @@ class Postprocessor:
 
     def top(self, output: np.ndarray) -> list[dict]:
         scores = self.scores(output)
+        # Cheap (µs for 1000 classes) and catches NaN/inf from the model itself, from a sidecar's
+        # scale or normalisation, and from softmax of infinite logits. JSON has no NaN.
+        if not np.isfinite(scores).all():
+            raise NonFiniteOutput("the model's output holds NaN or infinity")
         k = min(self.top_k, scores.size)
         idx = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        return [{"index": int(i), "label": self.spec.label(int(i)), "score": round(float(scores[i]), 5)}
+        return [{"index": int(i), "label": printable(self.spec.label(int(i))), "score": round(float(scores[i]), 5)}
                 for i in idx]

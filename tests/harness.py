@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,18 +85,27 @@ class Daemon:
     reader threads (so no pipe can fill up and block it)."""
 
     def __init__(self, *args, env: dict | None = None):
-        self.proc = start_daemon(*map(str, args), env=env)
-        self.out: list[tuple[float, str]] = []      # raw stdout lines, "\n" included
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", *map(str, args)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env or daemon_env(), cwd=REPO)
+        self.out: list[tuple[float, str]] = []      # stdout lines, "\n" included
         self.err: list[tuple[float, str]] = []
+        self.invalid_utf8 = 0                       # lines that were not valid UTF-8 (shown with U+FFFD)
         self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
                          threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True)]
         for t in self._readers:
             t.start()
 
-    @staticmethod
-    def _read(stream, into: list) -> None:
-        for line in stream:
+    def _read(self, stream, into: list) -> None:
+        for raw in stream:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.invalid_utf8 += 1
+                line = raw.decode("utf-8", "replace")
             into.append((time.monotonic(), line))
+
+    def stdout_text(self) -> str:
+        return "".join(line for _, line in list(self.out))
 
     def raw_lines(self) -> list[str]:
         return [line for _, line in list(self.out) if line.endswith("\n")]
@@ -149,3 +160,93 @@ class Daemon:
         if self.running():
             self.proc.kill()
         self.proc.wait(5)
+
+
+# --- a real MQTT broker and subscriber ---------------------------------------------------------
+
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+                                               if os.path.exists(p)), None)
+needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None,
+                                     reason="needs the Mosquitto broker: apt-get install mosquitto")
+
+
+class Broker:
+    """A Mosquitto process on 127.0.0.1:port (persistence off). Can be stopped and started again."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "", listener: str | None = None):
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.conf.write_text((listener or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+                             + "persistence false\n" + extra
+                             # as root, mosquitto would switch to user mosquitto, who cannot read pytest's tmp dirs
+                             + ("user root\n" if os.geteuid() == 0 else ""))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
+        log.close()
+
+        def accepting():
+            if self.proc.poll() is not None:
+                pytest.fail(f"mosquitto exited: {(self.workdir / f'mosquitto-{self.port}.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+        wait_until(accepting, 10, "mosquitto to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class Subscriber:
+    """A real MQTT client subscribed to `topic`, recording (topic, payload, retain, time)."""
+
+    def __init__(self, port: int, topic: str = "#", *, tls_ca: str | None = None,
+                 auth: tuple[str, str] | None = None, host: str = "127.0.0.1"):
+        self.messages: list[tuple[str, bytes, bool, float]] = []
+        self.connected = threading.Event()
+        c = mqtt_client().Client(mqtt_client().CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+        if tls_ca:
+            c.tls_set(ca_certs=tls_ca)
+        if auth:
+            c.username_pw_set(*auth)
+
+        def on_connect(client, userdata, flags, rc, props=None):
+            if not rc.is_failure:
+                client.subscribe(topic, qos=1)       # again after every reconnect
+                self.connected.set()
+
+        c.on_connect = on_connect
+        c.on_disconnect = lambda *a: self.connected.clear()
+        c.on_message = lambda client, userdata, m: self.messages.append(
+            (m.topic, m.payload, bool(m.retain), time.monotonic()))
+        c.reconnect_delay_set(0.1, 0.5)
+        c.connect_async(host, port)
+        c.loop_start()
+        self.client = c
+        wait_until(self.connected.is_set, 10, "the test subscriber to connect")
+        time.sleep(0.1)        # the SUBACK
+
+    def payloads(self, topic: str, since: float = 0.0) -> list[bytes]:
+        return [p for t, p, _, at in list(self.messages) if t == topic and at >= since]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mqtt_client():
+    import paho.mqtt.client as paho
+    return paho

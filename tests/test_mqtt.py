@@ -11,15 +11,13 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness import Daemon, free_port, wait_until
+from harness import MOSQUITTO, Broker, Daemon, Subscriber, free_port, needs_mosquitto, wait_until
 
 paho = pytest.importorskip("paho.mqtt.client")
 
@@ -31,54 +29,6 @@ from edge_runtime.sinks import SinkContext  # noqa: E402
 from edge_runtime.sources import Frame  # noqa: E402
 from edge_runtime.stats import Stats  # noqa: E402
 
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
-                                               if os.path.exists(p)), None)
-needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None,
-                                     reason="needs the Mosquitto broker: apt-get install mosquitto")
-
-
-# --- helpers ---------------------------------------------------------
-
-class Broker:
-    """A Mosquitto process on 127.0.0.1:port (persistence off). Can be stopped and started again."""
-
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "", listener: str | None = None):
-        self.port = port or free_port()
-        self.workdir = workdir
-        self.conf = workdir / f"mosquitto-{self.port}.conf"
-        self.conf.write_text((listener or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-                             + "persistence false\n" + extra
-                             # as root, mosquitto would switch to user mosquitto, who cannot read pytest's tmp dirs
-                             + ("user root\n" if os.geteuid() == 0 else ""))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Broker":
-        log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
-        log.close()
-
-        def accepting():
-            if self.proc.poll() is not None:
-                pytest.fail(f"mosquitto exited: {(self.workdir / f'mosquitto-{self.port}.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
-        wait_until(accepting, 10, "mosquitto to listen")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-
 @pytest.fixture
 def broker(tmp_path):
     if MOSQUITTO is None:
@@ -88,41 +38,6 @@ def broker(tmp_path):
     b.stop()
 
 
-class Subscriber:
-    """A real MQTT client subscribed to `topic`, recording (topic, payload, retain, time)."""
-
-    def __init__(self, port: int, topic: str = "#", *, tls_ca: str | None = None,
-                 auth: tuple[str, str] | None = None, host: str = "127.0.0.1"):
-        self.messages: list[tuple[str, bytes, bool, float]] = []
-        self.connected = threading.Event()
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
-        if tls_ca:
-            c.tls_set(ca_certs=tls_ca)
-        if auth:
-            c.username_pw_set(*auth)
-
-        def on_connect(client, userdata, flags, rc, props=None):
-            if not rc.is_failure:
-                client.subscribe(topic, qos=1)       # again after every reconnect
-                self.connected.set()
-
-        c.on_connect = on_connect
-        c.on_disconnect = lambda *a: self.connected.clear()
-        c.on_message = lambda client, userdata, m: self.messages.append(
-            (m.topic, m.payload, bool(m.retain), time.monotonic()))
-        c.reconnect_delay_set(0.1, 0.5)
-        c.connect_async(host, port)
-        c.loop_start()
-        self.client = c
-        wait_until(self.connected.is_set, 10, "the test subscriber to connect")
-        time.sleep(0.1)        # the SUBACK
-
-    def payloads(self, topic: str, since: float = 0.0) -> list[bytes]:
-        return [p for t, p, _, at in list(self.messages) if t == topic and at >= since]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -12,15 +12,21 @@
 From the inference loop, prediction() only stores references (record, frame image) and feeds the
 latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
 only while someone asks for a snapshot or watches the stream, at most http.mjpeg_fps times a
-second whatever the number of viewers. Each connection has its own thread and a socket timeout, so a
-client that never reads blocks only its own thread, and only until the timeout; connections beyond
-http.max_connections get a 503 at once.
+second whatever the number of viewers. Request heads are read by one selector thread with a total
+deadline (see _Server); a complete request has its own thread and a socket timeout, so a client that
+never reads blocks only its own thread, and only until the timeout; requests beyond
+http.max_connections get a 503 at once (/healthz and /metrics have a small reserve). The Host header
+is checked (DNS rebinding) and the Server header names no Python version.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import logging
+import selectors
 import socket
+import socketserver
 import threading
 import time
 from collections import deque
@@ -38,9 +44,20 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).resolve().parents[1] / "data" / "live.html"
 SOCKET_TIMEOUT_S = 10.0
 BOUNDARY = "frame"
+HEAD_DEADLINE_S = 10.0      # a request's line and headers must all arrive within this, in total
+HEAD_MAX_BYTES = 32768      # a GET's head is a few hundred bytes (a browser's cookies for localhost: a few KB)
+MAX_PENDING_HEADS = 128     # connections still sending their head; beyond this the oldest is dropped
+LIGHT_PATHS = ("/healthz", "/metrics")
+LIGHT_RESERVE = 4           # extra slots for the light paths: monitoring sees the truth when all are held
 
 
 class _Server(ThreadingHTTPServer):
+    """Connections are only read (by one selector thread, no thread each) until their request head is
+    complete, within HEAD_DEADLINE_S in total: clients trickling a header line every few seconds hold no
+    slot and are dropped at the deadline. A complete request then takes one of max_connections slots;
+    /healthz and /metrics (small, quick answers) may use LIGHT_RESERVE more, so a page full of viewers
+    or stuck readers does not make monitoring declare the device down."""
+
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
@@ -51,25 +68,134 @@ class _Server(ThreadingHTTPServer):
         self.max_connections = max_connections
         self.active = 0
         self._active_lock = threading.Lock()
+        self.heads: dict[int, bytes] = {}          # fileno -> the complete head, for the handler
+        self._pending: dict[socket.socket, tuple[float, bytearray, tuple]] = {}   # oldest first
+        self._pending_lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._closing = False
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+        self._head_thread: threading.Thread | None = None
+        super().__init__(address, handler)      # on a bind error it calls server_close(), which cleans up
+        self._head_thread = threading.Thread(target=self._read_heads, name="http-heads", daemon=True)
+        self._head_thread.start()
 
     def process_request(self, request, client_address):
+        """From the accept loop: queue the connection for its head (never blocks)."""
+        request.setblocking(False)
+        with self._pending_lock:
+            if len(self._pending) >= MAX_PENDING_HEADS:    # the oldest has been slowest: drop it
+                oldest = next(iter(self._pending))
+                self._drop(oldest)
+            self._pending[request] = (time.monotonic() + HEAD_DEADLINE_S, bytearray(), client_address)
+            self._selector.register(request, selectors.EVENT_READ)
+        self._wake_w.send(b"x")
+
+    def _drop(self, sock: socket.socket) -> None:
+        """Forget a pending connection and close it (caller holds _pending_lock)."""
+        self._pending.pop(sock, None)
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        self.shutdown_request(sock)
+
+    def _read_heads(self) -> None:
+        while not self._closing:
+            with self._pending_lock:
+                first = next(iter(self._pending.values()), None)
+            timeout = 0.5 if first is None else max(0.0, min(0.5, first[0] - time.monotonic()))
+            try:
+                events = self._selector.select(timeout)
+            except (OSError, ValueError):
+                if self._closing:
+                    return
+                continue
+            for key, _ in events:
+                if key.fileobj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    self._read_head(key.fileobj)
+                except Exception:       # this thread serves every connection: it must not die
+                    log.warning("http: error reading a request", exc_info=True)
+                    with self._pending_lock:
+                        self._drop(key.fileobj)
+            now = time.monotonic()
+            with self._pending_lock:
+                expired = [sock for sock, (deadline, _, _) in self._pending.items() if deadline <= now]
+                for sock in expired:
+                    self._drop(sock)
+            if expired:
+                log.debug("http: dropped %d connection(s) that did not send a request within %.0f s",
+                          len(expired), HEAD_DEADLINE_S)
+
+    def _read_head(self, sock: socket.socket) -> None:
+        with self._pending_lock:
+            entry = self._pending.get(sock)
+            if entry is None:
+                return
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._drop(sock)
+                return
+            buf = entry[1]
+            buf += data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                end = buf.find(b"\n\n")
+            if end < 0 and len(buf) <= HEAD_MAX_BYTES:
+                return
+            self._pending.pop(sock)
+            self._selector.unregister(sock)
+        if end < 0:
+            self._reply_and_close(sock, b"431 Request Header Fields Too Large", b"request head too large\n")
+            return
+        self._dispatch(sock, entry[2], bytes(buf))
+
+    def _dispatch(self, sock: socket.socket, client_address, head: bytes) -> None:
+        """A complete head: a slot and a thread, or a quick 503."""
+        words = head.split(b"\n", 1)[0].split()
+        path = words[1].split(b"?", 1)[0].decode("latin-1") if len(words) >= 2 else ""
+        limit = self.max_connections + (LIGHT_RESERVE if path in LIGHT_PATHS else 0)
         with self._active_lock:
-            full = self.active >= self.max_connections
+            full = self.active >= limit
             if not full:
                 self.active += 1
         if full:
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                                b"Content-Length: 17\r\nConnection: close\r\n\r\ntoo many clients\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._reply_and_close(sock, b"503 Service Unavailable", b"too many clients\n")
             return
-        super().process_request(request, client_address)
+        sock.setblocking(True)
+        self.heads[sock.fileno()] = head
+        try:
+            socketserver.ThreadingMixIn.process_request(self, sock, client_address)
+        except Exception as exc:      # no thread to be had (a thread limit): refuse this one, serve on
+            self.heads.pop(sock.fileno(), None)
+            with self._active_lock:
+                self.active -= 1
+            self.shutdown_request(sock)
+            log.warning("http: cannot serve %s: %s", client_address[0], exc)
+
+    def _reply_and_close(self, sock: socket.socket, status: bytes, body: bytes) -> None:
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        except OSError:
+            pass
+        self.shutdown_request(sock)
 
     def handle_error(self, request, client_address):
         log.warning("http: error serving %s", client_address[0], exc_info=True)
@@ -81,11 +207,71 @@ class _Server(ThreadingHTTPServer):
             with self._active_lock:
                 self.active -= 1
 
+    def server_close(self):
+        self._closing = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self._head_thread is not None:
+            self._head_thread.join(1.0)
+        with self._pending_lock:
+            for sock in list(self._pending):
+                self._drop(sock)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        super().server_close()
+
+    def allowed_host(self, host_header: str | None) -> bool:
+        """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends `Host:
+        evil.example`. Accepted: no Host (not a browser), an IP literal that is the bound address (any IP
+        when bound to all interfaces), localhost and the loopback addresses when bound to loopback, this
+        machine's name (and name.local) when reachable from the network, and http.allowed_hosts."""
+        if host_header is None:
+            return True
+        host = host_header.strip().lower()
+        if host.startswith("["):
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        host = host.rstrip(".")
+        allowed = {h.lower().rstrip(".") for h in (getattr(self.sink.cfg, "allowed_hosts", None) or ())}
+        if host in allowed:
+            return True
+        bound = self.server_address[0]
+        try:
+            bound_ip = ipaddress.ip_address(bound)
+        except ValueError:
+            bound_ip = None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if bound_ip is None:                       # bound by name: that name
+            return host == bound.lower()
+        if bound_ip.is_loopback:
+            return host == "localhost" or (ip is not None and ip.is_loopback)
+        if ip is not None:
+            return bound_ip.is_unspecified or ip == bound_ip or ip.is_loopback
+        name = hostname().lower()
+        return host in ("localhost", name, f"{name}.local")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = SOCKET_TIMEOUT_S          # applies to reads and writes on the connection
     server_version = "edge_runtime"
+
+    def setup(self):
+        super().setup()
+        head = self.server.heads.pop(self.connection.fileno(), None)
+        if head is not None:                # read by the server within its deadline (a GET has no body)
+            self.rfile.close()
+            self.rfile = io.BytesIO(head)
+
+    def version_string(self):             # not the Python version
+        return self.server_version
 
     def log_message(self, fmt, *args):    # requests go to debug, not the journal
         log.debug("http %s: %s", self.client_address[0], fmt % args)
@@ -111,6 +297,10 @@ class _Handler(BaseHTTPRequestHandler):
         sink = self.server.sink
         sink.count_request()
         path = self.path.split("?", 1)[0]
+        if not self.server.allowed_host(self.headers.get("Host")):
+            self.close_connection = True
+            self._json(421, {"error": "unknown Host; add it to http.allowed_hosts to serve it"})
+            return
         try:
             if path in ("/", "/index.html"):
                 self._send(200, sink.page(), "text/html; charset=utf-8")

@@ -30,6 +30,7 @@ from .. import __version__
 from ..addresses import BrokerUrl, default_prefix, hostname, parse_broker_url, redact, topic_safe
 from ..jsonline import dumps
 from ..errors import UserError
+from ..ratelimit import RateLimited
 from .base import Sink
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ FLUSH_S = 1.0          # on close: how long pending messages may take to go out
 EXTRA_EVERY_S = 0.25   # how often the counters in the stats line are refreshed
 BATCH_S = 0.005        # the publisher's pause between batches
 SILENT_S = 10.0        # a broker that accepted TCP but has not answered CONNECT for this long is reported
+STABLE_S = 30.0        # a connection that lasted less did not really work: the reconnect backoff keeps growing
+FLAP_LOG_S = 60.0      # "lost" and "reconnected" warnings: at most one of each per this many seconds
 
 
 # Re-exported for callers that knew them here.
@@ -135,6 +138,10 @@ class MqttSink(Sink):
         self._extra_due = 0.0
         self._started = time.monotonic()
         self._log_lock = threading.Lock()
+        self._up_at = 0.0                       # when the current connection was accepted (CONNACK)
+        self._backoff = cfg.reconnect_min_delay
+        self._lost_log = RateLimited(FLAP_LOG_S)
+        self._back_log = RateLimited(FLAP_LOG_S)
         self.client = None
         self._worker: threading.Thread | None = None
 
@@ -292,7 +299,7 @@ class MqttSink(Sink):
         if self.cfg.homeassistant:
             for topic, payload in discovery_configs(self.prefix, self.node_id, self.cfg.discovery_prefix,
                                                     f"edge_runtime {hostname()}").items():
-                client.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=True)
+                client.publish(topic, json.dumps(payload, ensure_ascii=False, allow_nan=False), qos=1, retain=True)
         last = self._last_state
         if last is not None:
             for topic, payload, qos, retain in self._state_messages(*last):
@@ -312,9 +319,11 @@ class MqttSink(Sink):
         with self._cond:
             self._connected = True
             self._cond.notify_all()
+        self._up_at = time.monotonic()
         if self._ever_connected:
-            log.warning("mqtt: reconnected to %s after %.1f s (%d messages dropped so far)",
-                        self.url.redacted(), time.monotonic() - (self._lost_at or time.monotonic()), self.dropped)
+            self._back_log.warn(log, "mqtt: reconnected to %s after %.1f s (%d messages dropped so far)",
+                                self.url.redacted(), time.monotonic() - (self._lost_at or time.monotonic()),
+                                self.dropped)
         elif self._lost_at is not None:
             log.warning("mqtt: connected to %s after %.1f s of retries", self.url.redacted(),
                         time.monotonic() - self._lost_at)
@@ -333,9 +342,9 @@ class MqttSink(Sink):
                 return
             self._failure_logged = why
             if self._ever_connected:
-                log.warning("mqtt: lost the connection to %s (%s); reconnecting with backoff (up to %g s apart), "
-                            "holding at most %d messages", self.url.redacted(), why,
-                            self.cfg.reconnect_max_delay, self.cfg.max_queued)
+                self._lost_log.warn(log, "mqtt: lost the connection to %s (%s); reconnecting with backoff "
+                                    "(up to %g s apart), holding at most %d messages", self.url.redacted(), why,
+                                    self.cfg.reconnect_max_delay, self.cfg.max_queued)
             else:
                 log.warning("mqtt: cannot reach broker %s (%s); retrying with backoff (up to %g s apart), "
                             "predictions go on", self.url.redacted(), why, self.cfg.reconnect_max_delay)
@@ -355,10 +364,22 @@ class MqttSink(Sink):
                     kept.append((info, qos))
             self._window = kept
         self._update_extra(force=True)
+        if was:
+            self._grow_backoff(client)
         if was or not self._ever_connected:
             why = str(reason_code)
             self._down(("connection closed" if why == "Unspecified error" else why) if was
                        else "no answer from the broker")
+
+    def _grow_backoff(self, client) -> None:
+        """paho restarts its backoff at the minimum on every CONNACK: a broker that accepts and then
+        closes (a full broker, a bad ACL, a proxy) would be hammered every reconnect_min_delay. Only a
+        connection that stayed up STABLE_S starts again from the minimum."""
+        if time.monotonic() - self._up_at < STABLE_S:
+            self._backoff = min(self._backoff * 2, self.cfg.reconnect_max_delay)
+        else:
+            self._backoff = self.cfg.reconnect_min_delay
+        client.reconnect_delay_set(self._backoff, self.cfg.reconnect_max_delay)
 
     def _on_message(self, client, userdata, message):
         if message.topic == f"{self.cfg.discovery_prefix}/status" and message.payload == b"online":

@@ -8,6 +8,7 @@ backpressure instead, so no prediction is ever lost there.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import threading
@@ -20,6 +21,15 @@ from .base import OutputClosed, Sink
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 256
+
+
+def closed_pipe(exc: BaseException) -> bool:
+    """Only a reader that went away ends the run quietly; any other write error is a bug to surface."""
+    return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+
+
+class OutputError(RuntimeError):
+    """Writing to stdout failed for another reason than a closed pipe (the writer thread's error)."""
 
 
 class StdoutSink(Sink):
@@ -37,6 +47,7 @@ class StdoutSink(Sink):
         self._cond = threading.Condition()
         self._closing = False
         self._broken = False
+        self._error: BaseException | None = None     # a write error that is not a closed pipe
         self._thread: threading.Thread | None = None
 
     def start(self, context):
@@ -62,9 +73,11 @@ class StdoutSink(Sink):
             try:
                 self.stream.write("".join(dumps(obj) + "\n" for obj in objs))
                 self.stream.flush()
-            except (BrokenPipeError, ValueError, OSError):
+            except Exception as exc:
                 with self._cond:
                     self._broken = True
+                    if not closed_pipe(exc):
+                        self._error = exc
                     self._pending.clear()
                     self._cond.notify_all()
                 return
@@ -74,13 +87,15 @@ class StdoutSink(Sink):
             try:
                 self.stream.write(dumps(obj) + "\n")
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except OSError as exc:
+                if not closed_pipe(exc):
+                    raise
                 self._broken = True
                 raise OutputClosed() from None
             return
         with self._cond:
             if self._broken:
-                raise OutputClosed()
+                self._raise_broken()
             if len(self._pending) >= self.max_pending:
                 if self.live or (self._stop is not None and self._stop.is_set()):
                     self._pending.popleft()
@@ -94,7 +109,7 @@ class StdoutSink(Sink):
                             break
                         self._cond.wait(0.1)
                     if self._broken:
-                        raise OutputClosed()
+                        self._raise_broken()
             self._pending.append(obj)
             self._cond.notify_all()
 
@@ -116,7 +131,13 @@ class StdoutSink(Sink):
             self._cond.notify_all()
         self._thread.join(timeout=3.0)
         if self._broken:
-            raise OutputClosed()
+            self._raise_broken()
+
+    def _raise_broken(self):
+        if self._error is not None:
+            raise OutputError(f"writing to stdout failed: {type(self._error).__name__}: {self._error}") \
+                from self._error
+        raise OutputClosed()
 
     @property
     def stuck(self) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SourceError
+from ..redact import display_uri, printable
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Source:
     kind = "source"
 
     def __init__(self, uri: str):
-        self.uri = uri
+        self.uri = display_uri(uri)     # shown everywhere (logs, records, MQTT, HTTP): no password
         self._index = 0
 
     def open(self) -> None:
@@ -56,7 +57,8 @@ class Source:
         return self.uri
 
     def _frame(self, image: np.ndarray, path: str | None = None) -> Frame:
-        frame = Frame(image=image, index=self._index, ts=time.time(), mono=time.perf_counter(), path=path)
+        frame = Frame(image=image, index=self._index, ts=time.time(), mono=time.perf_counter(),
+                      path=None if path is None else printable(path))   # a non-UTF-8 name: valid JSON still
         self._index += 1
         return frame
 
