@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    if argv and argv[0] == "fetch-model":
+        from .fetch import main as fetch_main
+        return fetch_main(argv[1:])
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info")
