@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -69,6 +70,10 @@ class _Tensor:
 
     def array(self) -> np.ndarray:
         data, size, stride = self.storage.data, self.size, self.stride
+        # No more elements than the storage holds: a zero stride could otherwise make a few stored
+        # bytes into gigabytes of copy.
+        if math.prod(size) > data.size:
+            raise PthError(f"a tensor of shape {list(size)} has more elements than its storage ({data.size})")
         if not any(n == 0 for n in size):
             last = self.offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
             if last >= data.size:
