@@ -176,7 +176,8 @@ def test_dry_run_dev_makes_the_demo_model_without_torch(platform_env):
     models = install_sh("--dev", "--models", "--dry-run", env=platform_env)
     assert models.returncode == 0, models.stderr
     steps = actions(models.stderr)
-    assert f"-r {REPO}/models/requirements.txt" in steps[first_index(steps, "pip --disable-pip-version-check install -r")]
+    pip = steps[first_index(steps, "pip --disable-pip-version-check install -r")]
+    assert f"-r {REPO}/models/requirements.txt" in pip
     if os.uname().machine == "x86_64":
         torch = first_index(steps, "torch==")
         assert "--index-url https://download.pytorch.org/whl/cpu" in steps[torch]
