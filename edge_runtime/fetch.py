@@ -142,7 +142,7 @@ def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...]
 
 
 def make_model(args: argparse.Namespace, workdir: Path):
-    """(ONNX ModelProto, one-line description of the weights)."""
+    """(ONNX ModelProto, one-line description of the weights, whether the classes have no names)."""
     import numpy as np
 
     from .modelzoo import mobilenetv3_arch as arch_tables
