@@ -8,7 +8,7 @@ set -euo pipefail
 usage() {
     cat <<EOF
 Usage: sudo ./install.sh [OPTIONS]        install or upgrade the service
-       ./install.sh --dev                 development venv in this checkout (no root needed)
+       ./install.sh --dev [--models]      development venv in this checkout (no root needed)
        sudo ./install.sh --uninstall [--purge]
 
 Options:
@@ -16,11 +16,17 @@ Options:
   --model PATH|URL    install this ONNX model as $MODEL_FILE
                       (a sidecar PATH.yaml next to a file is installed with it). A URL is downloaded
                       and needs --sha256; on a mismatch nothing changes and the old model stays.
+                      Without --model, when no model is installed yet: MobileNetV3-Small with
+                      torchvision's ImageNet weights (python -m edge_runtime fetch-model; no torch)
   --sha256 HEX        expected SHA-256 of the model (required for a URL, checked for a file too)
   --no-service        do not install or enable the systemd unit (run the daemon yourself)
   --python PYTHON     the Python to build the virtual environment from (default python3; 3.11+)
   --dev               make ./.venv in this checkout with requirements.txt, requirements-dev.txt and
-                      the package in editable mode (pip install -e .); no root, nothing system-wide
+                      the package in editable mode (pip install -e .); no root, nothing system-wide;
+                      no PyTorch. A demo model: ImageNet MobileNetV3-Small when the download works,
+                      else one with untrained weights (EDGE_NO_DOWNLOAD=1: untrained, no download)
+  --models            with --dev: also PyTorch for the tools in models/ (models/requirements.txt; on
+                      x86_64 from PyTorch's CPU wheel index when it can be reached)
   --uninstall         stop and remove the service, the unit and the prefix; keep the config
                       ($CONFIG_DIR) and the models ($STATE_DIR) unless --purge
   --purge             with --uninstall: also remove the config, the models and the user
@@ -34,8 +40,10 @@ pip-installs requirements.txt and this package into it; writes $CONFIG_FILE from
 commented default (only if it does not exist; $CONFIG_FILE.default is always refreshed for
 comparison); installs $UNIT_DIR/$UNIT and enables it, and (re)starts it when a model is there.
 
+Progress goes to stderr; stdout stays empty (for pipes).
 Environment: EDGE_DEV_REQUIREMENTS  requirement files for --dev, relative to the checkout
-             (default "requirements.txt requirements-dev.txt").
+             (default "requirements.txt requirements-dev.txt", plus models/requirements.txt with --models).
+             EDGE_NO_DOWNLOAD=1  no model download (--dev: untrained demo model; install: none).
 Exit status: 0 done, 1 failed (with the reason), 2 bad usage.
 EOF
 }
@@ -68,6 +76,7 @@ SERVICE=1
 PYTHON=python3
 MODE=install
 PURGE=0
+MODELS=0
 ORIG_ARGS=("$@")
 DRY_RUN=0
 
@@ -83,6 +92,7 @@ while [[ $# -gt 0 ]]; do
         --python) need_value "$@"; PYTHON=$2; shift ;;
         --no-service) SERVICE=0 ;;
         --dev) MODE=dev ;;
+        --models) MODELS=1 ;;
         --uninstall) MODE=uninstall ;;
         --purge) PURGE=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -96,6 +106,7 @@ done
 PREFIX=${PREFIX%/}
 [[ -n $PREFIX ]] || usage_error "--prefix / is not allowed"
 if [[ $PURGE == 1 && $MODE != uninstall ]]; then usage_error "--purge only goes with --uninstall"; fi
+if [[ $MODELS == 1 && $MODE != dev ]]; then usage_error "--models only goes with --dev"; fi
 [[ -z $MODEL || $MODE == install ]] || usage_error "--model only goes with an install"
 [[ -z $SHA256 || -n $MODEL ]] || usage_error "--sha256 needs --model"
 if [[ -n $SHA256 ]]; then
@@ -110,17 +121,19 @@ fi
 VENV=$PREFIX/venv
 
 # -- output and actions ----------------------------------------------------------------------------
-say() { printf '==> %s\n' "$*"; }
-note() { printf '    %s\n' "$*"; }
+# Everything goes to stderr: `./install.sh --dev && .venv/bin/python -m edge_runtime ... | jq` must see
+# only the daemon's JSON on stdout.
+say() { printf '==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
 warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
-# run CMD...: print it, then run it unless --dry-run.
+# run CMD...: print it, then run it unless --dry-run (its output, pip's too, on stderr).
 run() {
     local quoted
     printf -v quoted '%q ' "$@"
-    printf '+ %s\n' "${quoted% }"
-    [[ $DRY_RUN == 1 ]] || "$@"
+    printf '+ %s\n' "${quoted% }" >&2
+    [[ $DRY_RUN == 1 ]] || "$@" >&2
 }
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -281,7 +294,7 @@ install_config() {
     [[ -f $default ]] || die "missing $default in this checkout"
     say "config"
     if [[ $DRY_RUN == 1 ]]; then
-        printf '+ write %s (the commented default config; model: %s; camera: 0)\n' "$CONFIG_FILE.default" "$MODEL_FILE"
+        printf '+ write %s (the commented default config; model: %s; camera: 0)\n' "$CONFIG_FILE.default" "$MODEL_FILE" >&2
     else
         tmp=$(mktemp "$CONFIG_DIR/.config.yaml.XXXXXX")
         render_config >"$tmp"
@@ -321,7 +334,7 @@ install_model() {
     fi
     if [[ -n $SHA256 ]]; then
         if [[ $DRY_RUN == 1 ]]; then
-            printf '+ sha256sum %s   (must be %s, else stop and keep the old model)\n' "$tmp" "$SHA256"
+            printf '+ sha256sum %s   (must be %s, else stop and keep the old model)\n' "$tmp" "$SHA256" >&2
         else
             actual=$(sha256sum "$tmp" | cut -d' ' -f1)
             if [[ $actual != "$SHA256" ]]; then
@@ -341,13 +354,35 @@ install_model() {
     fi
 }
 
+# No --model and none installed yet: MobileNetV3-Small with torchvision's ImageNet weights, converted
+# on this machine without torch (python -m edge_runtime fetch-model; SHA-256 pinned in edge_runtime).
+# Offline: say exactly what to do instead; the service is then enabled but not started.
+fetch_default_model() {
+    [[ -z $MODEL && ! -e $MODEL_FILE ]] || return 0
+    local url=https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth
+    say "model -> $MODEL_FILE: MobileNetV3-Small, torchvision's ImageNet weights (about 10 MB download)"
+    if [[ ${EDGE_NO_DOWNLOAD:-0} == 1 ]]; then
+        note "EDGE_NO_DOWNLOAD=1: no download"
+    elif run "$VENV/bin/python" -m edge_runtime fetch-model small --output "$MODEL_FILE"; then
+        run chown "root:$SERVICE_USER" "$MODEL_FILE"
+        run chmod 0640 "$MODEL_FILE"
+        return 0
+    fi
+    warn "no model installed (no internet here?). Either:
+  - on a machine with internet: download $url
+    (or run: python -m edge_runtime fetch-model small --output model.onnx), copy it here, then
+      sudo $VENV/bin/python -m edge_runtime fetch-model small --from FILE.pth --output $MODEL_FILE
+    (for a .pth; or: sudo $PREFIX/install.sh --model model.onnx), then: sudo systemctl restart edge-runtime
+  - or any ONNX classifier: sudo $PREFIX/install.sh --model FILE_OR_URL [--sha256 HEX]"
+}
+
 install_package() {
     local pi=$1 build
     say "Python packages into $VENV"
     pip_in "$VENV" install -r "$SRC_DIR/requirements.txt"
     # Build from a copy, so a (root) build leaves no build/ or *.egg-info in the checkout.
     if [[ $DRY_RUN == 1 ]]; then
-        printf '+ %s\n' "$VENV/bin/python -m pip install --no-deps --force-reinstall (a copy of $SRC_DIR: pyproject.toml edge_runtime/)"
+        printf '+ %s\n' "$VENV/bin/python -m pip install --no-deps --force-reinstall (a copy of $SRC_DIR: pyproject.toml edge_runtime/)" >&2
     else
         build=$(mktemp -d)
         cp -R "$SRC_DIR/pyproject.toml" "$SRC_DIR/edge_runtime" "$build/"
@@ -360,7 +395,7 @@ install_package() {
         # numpy 2 (for opencv). PyPI's simplejpeg wheel works with it and shadows apt's in the venv.
         if [[ $DRY_RUN == 1 ]]; then
             printf '+ (if picamera2 does not import in the venv) %s\n' \
-                "$VENV/bin/python -m pip install --ignore-installed --no-deps simplejpeg"
+                "$VENV/bin/python -m pip install --ignore-installed --no-deps simplejpeg" >&2
         elif ! "$VENV/bin/python" -c 'import picamera2' >/dev/null 2>&1; then
             note "picamera2 does not import in the venv (numpy 1.x/2.x mismatch): simplejpeg from PyPI"
             pip_in "$VENV" install --ignore-installed --no-deps simplejpeg
@@ -376,7 +411,7 @@ install_unit() {
     local tmp
     say "systemd unit $UNIT_DIR/$UNIT"
     if [[ $DRY_RUN == 1 ]]; then
-        printf '+ install -m 0644 %s %s   (ExecStart under %s)\n' "$SRC_DIR/systemd/$UNIT" "$UNIT_DIR/$UNIT" "$PREFIX"
+        printf '+ install -m 0644 %s %s   (ExecStart under %s)\n' "$SRC_DIR/systemd/$UNIT" "$UNIT_DIR/$UNIT" "$PREFIX" >&2
     else
         tmp=$(mktemp)
         sed "s|$DEFAULT_PREFIX/|$PREFIX/|g" "$SRC_DIR/systemd/$UNIT" >"$tmp"
@@ -395,7 +430,7 @@ install_unit() {
 # Check the config and the model as the service user (exit 0), as the service will read them.
 validate() {
     [[ $DRY_RUN == 0 ]] || { printf '+ runuser -u %s -- %s -m edge_runtime --config %s --validate-config\n' \
-        "$SERVICE_USER" "$VENV/bin/python" "$CONFIG_FILE"; return 0; }
+        "$SERVICE_USER" "$VENV/bin/python" "$CONFIG_FILE" >&2; return 0; }
     local out
     if out=$(cd "$STATE_DIR" && runuser -u "$SERVICE_USER" -- "$VENV/bin/python" -m edge_runtime \
                  --config "$CONFIG_FILE" --validate-config 2>&1); then
@@ -426,7 +461,7 @@ write_marker() {
     version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$SRC_DIR/edge_runtime/__init__.py")
     run install -m 0755 "$SRC_DIR/install.sh" "$PREFIX/install.sh"
     if [[ $DRY_RUN == 1 ]]; then
-        printf '+ write %s\n' "$PREFIX/$MARKER"
+        printf '+ write %s\n' "$PREFIX/$MARKER" >&2
     else
         printf 'version=%s\nsource=%s\ninstalled=%s\n' "$version" "$SRC_DIR" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
             >"$PREFIX/$MARKER"
@@ -458,10 +493,12 @@ do_install() {
     ensure_venv "$VENV" "$pi"
     install_package "$pi"
     install_model
+    fetch_default_model
     install_config
     write_marker
     local have_model=0 valid=1
-    if [[ -f $MODEL_FILE || ($DRY_RUN == 1 && -n $MODEL) ]]; then have_model=1; fi
+    # In a dry run a model counts as there when one would be installed or downloaded.
+    if [[ -f $MODEL_FILE || ($DRY_RUN == 1 && (-n $MODEL || ${EDGE_NO_DOWNLOAD:-0} != 1)) ]]; then have_model=1; fi
     if ((have_model)); then validate || valid=0; fi
     if [[ $SERVICE == 1 ]]; then
         install_unit
@@ -485,8 +522,29 @@ do_install() {
     note "uninstall: sudo $PREFIX/install.sh --uninstall   (--purge also removes config, models, user)"
 }
 
+# --dev --models on x86_64: torch from PyTorch's CPU wheel index (~0.2 GB of wheels; PyPI's x86 build
+# bundles CUDA, ~5 GB), at the versions models/requirements.txt pins. Falls back to the default index.
+readonly TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+install_cpu_torch() {
+    local venv=$1 pins
+    [[ $(uname -m) == x86_64 ]] || return 0
+    pins=$(grep -E '^(torch|torchvision)==' "$SRC_DIR/models/requirements.txt" | tr '\n' ' ')
+    [[ -n $pins ]] || return 0
+    if [[ $DRY_RUN == 0 ]] && ! "$venv/bin/python" -c 'import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=15).close()' "$TORCH_CPU_INDEX" >/dev/null 2>&1; then
+        warn "PyTorch's CPU wheel index ($TORCH_CPU_INDEX) cannot be reached: torch comes from the default
+  index instead (on x86_64 from PyPI that is the CUDA build, several GB)"
+        return 0
+    fi
+    say "PyTorch (CPU build) from $TORCH_CPU_INDEX: $pins"
+    # shellcheck disable=SC2086  # $pins: the requirement words
+    pip_in "$venv" install $pins --index-url "$TORCH_CPU_INDEX" \
+        || warn "could not install torch from $TORCH_CPU_INDEX: falling back to the default index"
+}
+
 do_dev() {
-    local pi=0 reqs=() r editable_check
+    local pi=0 reqs=() r editable_check default_reqs="requirements.txt requirements-dev.txt"
+    local demo=$SRC_DIR/models/mobilenetv3_small.onnx
     check_userland
     check_python
     is_raspberry_pi_os && pi=1
@@ -496,11 +554,13 @@ do_dev() {
         warn "for the Pi camera: sudo apt-get install --no-install-recommends python3-picamera2"
     fi
     ensure_venv "$SRC_DIR/.venv" "$pi"
-    for r in ${EDGE_DEV_REQUIREMENTS:-requirements.txt requirements-dev.txt}; do
+    [[ $MODELS == 1 ]] && default_reqs+=" models/requirements.txt"
+    for r in ${EDGE_DEV_REQUIREMENTS:-$default_reqs}; do
         [[ -f $SRC_DIR/$r ]] || die "missing $SRC_DIR/$r"
         reqs+=(-r "$SRC_DIR/$r")
     done
-    say "Python packages into $SRC_DIR/.venv (${EDGE_DEV_REQUIREMENTS:-requirements.txt requirements-dev.txt})"
+    if [[ $MODELS == 1 ]]; then install_cpu_torch "$SRC_DIR/.venv"; fi
+    say "Python packages into $SRC_DIR/.venv (${EDGE_DEV_REQUIREMENTS:-$default_reqs})"
     pip_in "$SRC_DIR/.venv" install "${reqs[@]}"
     editable_check='
 import importlib.metadata, pathlib, sys
@@ -512,16 +572,18 @@ sys.exit(pathlib.Path(edge_runtime.__file__).resolve().parent != pathlib.Path(sy
     else
         pip_in "$SRC_DIR/.venv" install --no-deps -e "$SRC_DIR"
     fi
-    # A first model to see the whole path work on a machine with nothing else: MobileNetV3-Small with
-    # untrained weights (the daemon says so loudly). Needs torch, which requirements-dev.txt brings.
-    if [[ -f $SRC_DIR/models/mobilenetv3_small.onnx ]]; then
-        note "model: $SRC_DIR/models/mobilenetv3_small.onnx is there (delete it to export a fresh one)"
-    elif [[ $DRY_RUN == 1 ]] || "$SRC_DIR/.venv/bin/python" -c "import torch" >/dev/null 2>&1; then
-        say "exporting a demo model (untrained weights): models/mobilenetv3_small.onnx"
-        run "$SRC_DIR/.venv/bin/python" "$SRC_DIR/models/export.py" --arch small --weights random \
-            --output "$SRC_DIR/models/mobilenetv3_small.onnx"
+    # A first model, made without torch: torchvision's ImageNet MobileNetV3-Small when the download works
+    # (real labels), else the same network with untrained weights (the daemon says so, loudly).
+    if [[ -f $demo ]]; then
+        note "model: $demo is there (delete it to make a fresh one)"
     else
-        note "no torch in .venv: skipping the demo model (python models/export.py makes one)"
+        say "demo model: models/mobilenetv3_small.onnx"
+        if [[ ${EDGE_NO_DOWNLOAD:-0} == 1 ]] \
+                || ! run "$SRC_DIR/.venv/bin/python" -m edge_runtime fetch-model small --output "$demo"; then
+            [[ ${EDGE_NO_DOWNLOAD:-0} == 1 ]] || warn "no ImageNet weights (offline?): the demo model gets untrained weights
+  (its labels mean nothing). Later, with internet: .venv/bin/python -m edge_runtime fetch-model"
+            run "$SRC_DIR/.venv/bin/python" -m edge_runtime fetch-model small --untrained --output "$demo"
+        fi
     fi
     say "done. Activate it with:  source .venv/bin/activate    Tests:  python -m pytest"
 }

@@ -365,8 +365,8 @@ def flag_noise(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not Path(args.model).exists():
-        print(f"model {args.model} not found; make one: python models/export.py --arch small --weights random "
-              f"--output {args.model}", file=sys.stderr)
+        print(f"model {args.model} not found; get one: python -m edge_runtime fetch-model --output {args.model} "
+              "(add --untrained offline: speed is the same)", file=sys.stderr)
         return 2
     width, height = (int(v) for v in args.size.split("x"))
     threads = args.threads or os.cpu_count() or 1

@@ -107,8 +107,9 @@ def check_model_path(model: str) -> None:
     where = str(Path(model).absolute())
     relative = "" if Path(model).is_absolute() else f" (relative to the current directory {os.getcwd()})"
     raise ModelError(model, f"file not found: looked for {where}{relative}. Get a real MobileNetV3-Small with "
-                     "`python -m edge_runtime fetch-model`, make an untrained demo one with `python models/export.py "
-                     f"--arch small --weights random --output {model}`, or point --model at your .onnx file")
+                     f"`python -m edge_runtime fetch-model --output {model}` (--untrained offline: a demo whose "
+                     "labels mean nothing; models/export.py makes one with PyTorch), or point --model at your "
+                     ".onnx file")
 
 
 def lane_count(configured: int, live: bool, threads: int) -> int:

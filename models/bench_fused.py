@@ -49,14 +49,13 @@ def timed(fns: dict, runs: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from models import export
-
     p = argparse.ArgumentParser(prog="bench_fused.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=("small", "large"), default="small")
     p.add_argument("--frame", type=positive_int, nargs=2, default=(640, 480), metavar=("W", "H"))
     p.add_argument("--runs", type=positive_int, default=200)
     p.add_argument("--threads", type=positive_int, default=2, help="onnxruntime threads (default 2)")
     args = p.parse_args(argv)
+    from models import export      # imports torch: after the arguments, so --help is instant
 
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (args.frame[1], args.frame[0], 3), dtype=np.uint8)

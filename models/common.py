@@ -12,6 +12,11 @@ from edge_runtime.errors import EXIT_OK, EXIT_UNEXPECTED, UserError
 __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parents[1]
 
+# ONNX opsets of models/exporting.py's exports (here, without torch, for the tools' --help).
+DEFAULT_OPSET = 17
+MIN_OPSET = 11
+MAX_OPSET = 20          # the TorchScript-based exporter's limit
+
 
 class ToolError(UserError):
     """Bad input to a models/ tool (missing file, wrong option value...): one line, exit code 2."""
@@ -100,5 +105,5 @@ def file_size_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 1e6
 
 
-__all__ = ["CheckFailed", "ROOT", "ToolError", "__version__", "file_size_mb", "first_line",
-           "load_onnx", "ort_session", "positive_int", "run_main", "tool_name"]
+__all__ = ["CheckFailed", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ROOT", "ToolError", "__version__",
+           "file_size_mb", "first_line", "load_onnx", "ort_session", "positive_int", "run_main", "tool_name"]

@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--lr must be > 0 and --weight-decay >= 0")
     if args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
-    from models.exporting import MAX_OPSET, MIN_OPSET
+    from models.common import MAX_OPSET, MIN_OPSET
 
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         p.error(f"--opset must be {MIN_OPSET}..{MAX_OPSET}, got {args.opset}")
@@ -101,13 +101,13 @@ def load_teacher(path: Path, classes: list[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)      # before torch: --help and usage errors at once
     import torch
 
     from models import checkpoint, exporting
     from models.imagefolder import class_folders
     from models.training import evaluate, fit, kd_loss, loader, split_samples
 
-    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

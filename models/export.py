@@ -22,10 +22,11 @@ if __package__ in (None, ""):          # run as `python models/export.py`: impor
 from edge_runtime import model_spec as ms  # noqa: E402
 from edge_runtime.errors import ConfigError  # noqa: E402
 
-from models import checkpoint, exporting  # noqa: E402
-from models.common import ROOT, ToolError, positive_int, run_main, tool_name  # noqa: E402
-from models.checkpoint import imagenet_state_dict  # noqa: E402
-from models.mobilenetv3 import IMAGENET_WEIGHTS_NAME, build  # noqa: E402
+from models.common import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ROOT, ToolError,  # noqa: E402
+                           positive_int, run_main, tool_name)
+
+# torch (and what imports it) is imported in main(), after the arguments are parsed: --help and
+# usage errors come back at once instead of after the seconds torch takes to load.
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -42,9 +43,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="class names, one per line (default: the checkpoint's classes, or ImageNet's for 1000)")
     p.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="fixed input size of the exported graph (default: the checkpoint's, else 224 224)")
-    p.add_argument("--opset", type=int, default=exporting.DEFAULT_OPSET,
-                   help=f"ONNX opset, {exporting.MIN_OPSET}..{exporting.MAX_OPSET} (default "
-                        f"{exporting.DEFAULT_OPSET}; 11 for older runtimes)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}; 11 for older runtimes)")
     p.add_argument("--fuse-preprocess", action="store_true",
                    help="bake normalisation and layout into the graph: the model takes uint8 NHWC RGB pixels")
     p.add_argument("--output", type=Path, help="default models/mobilenetv3_<arch>.onnx")
@@ -59,10 +59,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def imagenet_state_dict(arch: str):
+    """torchvision's ImageNet weights (models/checkpoint.py); a module-level seam the tests replace."""
+    from models.checkpoint import imagenet_state_dict as load
+
+    return load(arch)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     import torch
 
-    args = parse_args(argv)
+    from models import checkpoint, exporting
+    from models.mobilenetv3 import IMAGENET_WEIGHTS_NAME, build
+
     arch = f"mobilenet_v3_{args.arch}"
     output = args.output or ROOT / "models" / f"mobilenetv3_{args.arch}.onnx"
     if output.suffix != ".onnx":

@@ -18,13 +18,10 @@ from torch import nn
 
 from edge_runtime import model_spec as ms
 
-from .common import CheckFailed, ToolError, file_size_mb, ort_session
+from .common import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, CheckFailed, ToolError, file_size_mb, ort_session  # noqa: F401
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
-MIN_OPSET = 11
-MAX_OPSET = 20          # the TorchScript-based exporter's limit
 MIN_INPUT = 32          # five stride-2 stages: smaller inputs leave nothing to pool
 PARITY_TOL = 1e-4        # max abs difference for outputs within +-1; scaled up with larger logits
 PARITY_REL_TOL = 1e-3    # and never more than this fraction of the output range (tiny untrained logits)
@@ -55,14 +52,13 @@ def imagenet_labels() -> tuple[str, ...]:
 
 def make_spec(input_size: tuple[int, int] = (224, 224), labels: tuple[str, ...] | None = None) -> ms.ModelSpec:
     """torchvision's evaluation recipe at `input_size`: resize the shorter side by 256/224, centre crop,
-    RGB, NCHW float32, ImageNet mean/std."""
+    RGB, NCHW float32, ImageNet mean/std (written once, in edge_runtime.modelzoo, for fetch-model too)."""
+    from edge_runtime.modelzoo.mobilenetv3_onnx import eval_spec
+
     h, w = input_size
     if min(h, w) < MIN_INPUT:
         raise ToolError(f"input size {h}x{w} is too small: MobileNetV3 needs at least {MIN_INPUT}x{MIN_INPUT}")
-    inp = ms.InputSpec(size=(h, w), resize=round(min(h, w) * 256 / 224), color="rgb", layout="nchw",
-                       dtype="float32", mean=ms.IMAGENET_MEAN, std=ms.IMAGENET_STD, interpolation="linear")
-    return ms.ModelSpec(input=inp, labels=tuple(labels) if labels else None, label_offset=0, output="logits",
-                        output_scale=None, origin="models/exporting.py")
+    return eval_spec((h, w), labels, origin="models/exporting.py")
 
 
 class FusedPreprocess(nn.Module):

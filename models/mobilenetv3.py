@@ -1,7 +1,9 @@
 """MobileNetV3-Large and -Small, from "Searching for MobileNetV3" (Howard et al., ICCV 2019).
 
-Written from the paper's tables 1 and 2. The module names follow the layout that torchvision's
-`mobilenet_v3_small` / `mobilenet_v3_large` use (features.N.block.K..., classifier.0/.3), so their
+The paper's tables 1 and 2 are in edge_runtime/modelzoo/mobilenetv3_arch.py (no torch: the device
+builds the same network as ONNX from them); this file turns them into an nn.Module. The module names
+follow the layout that torchvision's `mobilenet_v3_small` / `mobilenet_v3_large` use
+(features.N.block.K..., classifier.0/.3), so their
 official ImageNet checkpoints load into these modules with `strict=True` and give the same outputs.
 torchvision itself is not imported here.
 
@@ -18,79 +20,14 @@ The network ends in global pooling, so it runs at any input size of 32x32 or mor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large")
-
-# BatchNorm as in the TensorFlow reference implementation (and torchvision's port of it).
-BN_EPS = 0.001
-BN_MOMENTUM = 0.01
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round a channel count to a multiple of `divisor`, never going down by more than 10%."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-@dataclass(frozen=True)
-class Bneck:
-    """One row of the paper's table: input, kernel, expansion ("exp size"), output, SE, NL, stride."""
-    in_ch: int
-    kernel: int
-    exp_ch: int
-    out_ch: int
-    se: bool
-    act: str          # "RE" (ReLU) or "HS" (h-swish)
-    stride: int
-
-    def scaled(self, width_mult: float) -> "Bneck":
-        return Bneck(make_divisible(self.in_ch * width_mult), self.kernel,
-                     make_divisible(self.exp_ch * width_mult), make_divisible(self.out_ch * width_mult),
-                     self.se, self.act, self.stride)
-
-
-# Table 2: MobileNetV3-Small (11 bnecks; stem and last stage built separately).
-SMALL = (
-    Bneck(16, 3, 16, 16, True, "RE", 2),
-    Bneck(16, 3, 72, 24, False, "RE", 2),
-    Bneck(24, 3, 88, 24, False, "RE", 1),
-    Bneck(24, 5, 96, 40, True, "HS", 2),
-    Bneck(40, 5, 240, 40, True, "HS", 1),
-    Bneck(40, 5, 240, 40, True, "HS", 1),
-    Bneck(40, 5, 120, 48, True, "HS", 1),
-    Bneck(48, 5, 144, 48, True, "HS", 1),
-    Bneck(48, 5, 288, 96, True, "HS", 2),
-    Bneck(96, 5, 576, 96, True, "HS", 1),
-    Bneck(96, 5, 576, 96, True, "HS", 1),
-)
-SMALL_HIDDEN = 1024
-
-# Table 1: MobileNetV3-Large (15 bnecks).
-LARGE = (
-    Bneck(16, 3, 16, 16, False, "RE", 1),
-    Bneck(16, 3, 64, 24, False, "RE", 2),
-    Bneck(24, 3, 72, 24, False, "RE", 1),
-    Bneck(24, 5, 72, 40, True, "RE", 2),
-    Bneck(40, 5, 120, 40, True, "RE", 1),
-    Bneck(40, 5, 120, 40, True, "RE", 1),
-    Bneck(40, 3, 240, 80, False, "HS", 2),
-    Bneck(80, 3, 200, 80, False, "HS", 1),
-    Bneck(80, 3, 184, 80, False, "HS", 1),
-    Bneck(80, 3, 184, 80, False, "HS", 1),
-    Bneck(80, 3, 480, 112, True, "HS", 1),
-    Bneck(112, 3, 672, 112, True, "HS", 1),
-    Bneck(112, 5, 672, 160, True, "HS", 2),
-    Bneck(160, 5, 960, 160, True, "HS", 1),
-    Bneck(160, 5, 960, 160, True, "HS", 1),
-)
-LARGE_HIDDEN = 1280
+from edge_runtime.modelzoo import mobilenetv3_arch as arch_tables
+from edge_runtime.modelzoo.mobilenetv3_arch import (  # noqa: F401  (re-exported: the tables live there)
+    ARCHS, BN_EPS, BN_MOMENTUM, LARGE, LARGE_HIDDEN, SMALL, SMALL_HIDDEN, Bneck, make_divisible)
 
 
 def _activation(name: str | None) -> Callable[[], nn.Module] | None:
@@ -117,7 +54,7 @@ class ConvBNAct(nn.Sequential):
 class SqueezeExcite(nn.Module):
     """Channel attention: pool -> 1x1 (reduce 4x) -> ReLU -> 1x1 -> hard-sigmoid -> scale."""
 
-    def __init__(self, channels: int, reduction: int = 4):
+    def __init__(self, channels: int, reduction: int = arch_tables.SE_REDUCTION):
         super().__init__()
         squeezed = make_divisible(channels // reduction)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -138,7 +75,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         if cfg.stride not in (1, 2):
             raise ValueError(f"bneck stride must be 1 or 2, got {cfg.stride}")
-        self.use_residual = cfg.stride == 1 and cfg.in_ch == cfg.out_ch
+        self.use_residual = cfg.residual
         layers: list[nn.Module] = []
         if cfg.exp_ch != cfg.in_ch:
             layers.append(ConvBNAct(cfg.in_ch, cfg.exp_ch, 1, act=cfg.act))
@@ -156,7 +93,7 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV3(nn.Module):
     def __init__(self, bnecks: tuple[Bneck, ...], hidden: int, num_classes: int = 1000,
-                 width_mult: float = 1.0, dropout: float = 0.2):
+                 width_mult: float = 1.0, dropout: float = arch_tables.DROPOUT):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -164,7 +101,7 @@ class MobileNetV3(nn.Module):
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         cfgs = [b.scaled(width_mult) for b in bnecks]
         last_in = cfgs[-1].out_ch
-        last_out = 6 * last_in                      # 576 (Small) / 960 (Large) at width 1.0
+        last_out = arch_tables.LAST_EXPANSION * last_in   # 576 (Small) / 960 (Large) at width 1.0
         hidden = make_divisible(hidden * width_mult)
 
         layers: list[nn.Module] = [ConvBNAct(3, cfgs[0].in_ch, 3, stride=2, act="HS")]
@@ -220,18 +157,13 @@ def mobilenet_v3_large(num_classes: int = 1000, width_mult: float = 1.0, dropout
 
 def build(arch: str, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
     """`arch` is "mobilenet_v3_small" / "mobilenet_v3_large" (or just "small" / "large")."""
-    name = arch if arch.startswith("mobilenet_v3_") else f"mobilenet_v3_{arch}"
-    if name not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; expected small or large")
+    name = arch_tables.arch_name(arch)
     factory = mobilenet_v3_small if name == "mobilenet_v3_small" else mobilenet_v3_large
     return factory(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
 
 
 # torchvision's official ImageNet checkpoints (IMAGENET1K_V1). The hex part of each file name is the
-# start of its SHA-256, which torch.hub checks with check_hash=True (see checkpoint.imagenet_state_dict).
-IMAGENET_WEIGHTS = {
-    "mobilenet_v3_small": "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
-    "mobilenet_v3_large": "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
-}
-IMAGENET_WEIGHTS_NAME = "imagenet (torchvision IMAGENET1K_V1)"
-
+# start of its SHA-256, which torch.hub checks with check_hash=True (see checkpoint.imagenet_state_dict);
+# arch_tables.IMAGENET_WEIGHTS pins the full digests (edge_runtime fetch-model checks those).
+IMAGENET_WEIGHTS = {name: w.url for name, w in arch_tables.IMAGENET_WEIGHTS.items()}
+IMAGENET_WEIGHTS_NAME = arch_tables.IMAGENET_WEIGHTS_NAME

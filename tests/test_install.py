@@ -123,7 +123,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(platform_env, tmp_path)
     before = machine_state()
     proc = install_sh("--dry-run", env=platform_env)
     assert proc.returncode == 0, proc.stderr
-    steps = actions(proc.stdout)
+    steps = actions(proc.stderr)
     print("\n".join(steps))
     order = [first_index(steps, needle) for needle in (
         "useradd --system --user-group --groups video --home-dir /var/lib/edge-runtime",
@@ -132,18 +132,57 @@ def test_dry_run_prints_every_action_and_changes_nothing(platform_env, tmp_path)
         "-m venv /opt/edge-runtime/venv",
         f"/opt/edge-runtime/venv/bin/python -m pip --disable-pip-version-check install -r {REPO}/requirements.txt",
         "install --no-deps --force-reinstall",
+        # no --model and none installed: torchvision's ImageNet MobileNetV3-Small, converted without torch
+        "/opt/edge-runtime/venv/bin/python -m edge_runtime fetch-model small --output "
+        "/var/lib/edge-runtime/models/model.onnx",
+        "chown root:edge-runtime /var/lib/edge-runtime/models/model.onnx",
         "write /etc/edge-runtime/config.yaml.default",
         "/etc/edge-runtime/config.yaml.default /etc/edge-runtime/config.yaml",
         "install -m 0644 " + str(REPO / "systemd/edge-runtime.service") + " /etc/systemd/system/edge-runtime.service",
         "systemctl enable edge-runtime.service",
     )]
     assert order == sorted(order), steps
-    assert "--system-site-packages" not in proc.stdout           # only on Raspberry Pi OS
-    assert "apt-get" not in proc.stdout and "picamera2" not in proc.stdout
-    assert "dry run: printing the actions, changing nothing" in proc.stdout
-    assert "no model at /var/lib/edge-runtime/models/model.onnx yet" in proc.stderr
+    assert "--system-site-packages" not in proc.stderr           # only on Raspberry Pi OS
+    assert "apt-get" not in proc.stderr and "picamera2" not in proc.stderr
+    assert "dry run: printing the actions, changing nothing" in proc.stderr
+    assert proc.stdout == ""                                     # progress on stderr: stdout is for pipes
+    assert "no model at" not in proc.stderr
     assert machine_state() == before
     assert list(tmpdir.iterdir()) == []                          # not even a temp file
+
+
+def test_dry_run_offline_says_what_to_do_instead(platform_env):
+    """No download (EDGE_NO_DOWNLOAD=1, as with no internet): the exact commands to get a model there."""
+    platform_env["EDGE_NO_DOWNLOAD"] = "1"
+    proc = install_sh("--dry-run", env=platform_env)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert "fetch-model" not in "\n".join(actions(proc.stderr))
+    assert "no model installed (no internet here?)" in proc.stderr
+    assert "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth" in proc.stderr
+    assert ("/opt/edge-runtime/venv/bin/python -m edge_runtime fetch-model small --from FILE.pth --output "
+            "/var/lib/edge-runtime/models/model.onnx") in proc.stderr
+    assert "no model at /var/lib/edge-runtime/models/model.onnx yet" in proc.stderr
+
+
+def test_dry_run_dev_makes_the_demo_model_without_torch(platform_env):
+    proc = install_sh("--dev", "--dry-run", env=platform_env)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    steps = actions(proc.stderr)
+    pip = steps[first_index(steps, "pip --disable-pip-version-check install -r")]
+    assert "requirements-dev.txt" in pip and "models/requirements.txt" not in pip and "torch" not in pip
+    if not (REPO / "models" / "mobilenetv3_small.onnx").exists():
+        assert any(s.endswith(f"-m edge_runtime fetch-model small --output {REPO}/models/mobilenetv3_small.onnx")
+                   for s in steps), steps
+    models = install_sh("--dev", "--models", "--dry-run", env=platform_env)
+    assert models.returncode == 0, models.stderr
+    steps = actions(models.stderr)
+    pip = steps[first_index(steps, "pip --disable-pip-version-check install -r")]
+    assert f"-r {REPO}/models/requirements.txt" in pip
+    if os.uname().machine == "x86_64":
+        torch = first_index(steps, "torch==")
+        assert "--index-url https://download.pytorch.org/whl/cpu" in steps[torch]
+        assert torch < first_index(steps, f"-r {REPO}/models/requirements.txt")
+    assert install_sh("--models", "--dry-run", env=platform_env).returncode == 2
 
 
 def test_dry_run_raspberry_pi_os(platform_env, tmp_path):
@@ -152,17 +191,17 @@ def test_dry_run_raspberry_pi_os(platform_env, tmp_path):
     platform_env["EDGE_DT_MODEL"] = str(model)
     proc = install_sh("--dry-run", "--prefix", "/opt/er", env=platform_env)
     assert proc.returncode == 0, proc.stderr
-    steps = actions(proc.stdout)
+    steps = actions(proc.stderr)
     apt = first_index(steps, "apt-get install -y -q --no-install-recommends python3-picamera2")
     assert first_index(steps, "apt-get update") < apt < first_index(steps, "useradd")
     assert first_index(steps, "-m venv --system-site-packages /opt/er/venv") > apt
-    assert "Raspberry Pi OS" in proc.stdout and "Raspberry Pi 5 Model B" in proc.stdout
-    assert "simplejpeg" in proc.stdout                           # the numpy 1.x/2.x fix for picamera2
+    assert "Raspberry Pi OS" in proc.stderr and "Raspberry Pi 5 Model B" in proc.stderr
+    assert "simplejpeg" in proc.stderr                           # the numpy 1.x/2.x fix for picamera2
     # /etc/rpi-issue alone also says Raspberry Pi OS.
     platform_env["EDGE_DT_MODEL"] = str(tmp_path / "none")
     (tmp_path / "rpi-issue").write_text("Raspberry Pi reference 2024-11-19\n")
     platform_env["EDGE_RPI_ISSUE"] = str(tmp_path / "rpi-issue")
-    assert "python3-picamera2" in install_sh("--dry-run", env=platform_env).stdout
+    assert "python3-picamera2" in install_sh("--dry-run", env=platform_env).stderr
 
 
 def test_dry_run_ubuntu_on_a_pi_is_not_raspberry_pi_os(platform_env, tmp_path):
@@ -172,19 +211,19 @@ def test_dry_run_ubuntu_on_a_pi_is_not_raspberry_pi_os(platform_env, tmp_path):
     platform_env["EDGE_DT_MODEL"] = str(model)
     proc = install_sh("--dry-run", env=platform_env)
     assert proc.returncode == 0, proc.stderr
-    assert "picamera2" not in proc.stdout and "--system-site-packages" not in proc.stdout
+    assert "picamera2" not in proc.stderr and "--system-site-packages" not in proc.stderr
 
 
 def test_dry_run_model_url_and_no_service(platform_env):
     proc = install_sh("--dry-run", "--no-service", "--model", "https://example.com/m.onnx", "--sha256", "AB" * 32,
                       env=platform_env)
     assert proc.returncode == 0, proc.stderr
-    steps = actions(proc.stdout)
+    steps = actions(proc.stderr)
     download = first_index(steps, "https://example.com/m.onnx /var/lib/edge-runtime/models/.model.onnx.new")
     check = first_index(steps, "sha256sum /var/lib/edge-runtime/models/.model.onnx.new")
     assert "ab" * 32 in steps[check] and download < check < first_index(steps, "mv -f")
-    assert "systemctl" not in proc.stdout and "edge-runtime.service" not in proc.stdout
-    assert "--no-service: run it yourself" in proc.stdout
+    assert "systemctl" not in proc.stderr and "edge-runtime.service" not in proc.stderr
+    assert "--no-service: run it yourself" in proc.stderr
 
 
 def test_refuses_32_bit_userland(platform_env, tmp_path):
@@ -194,7 +233,7 @@ def test_refuses_32_bit_userland(platform_env, tmp_path):
     assert proc.returncode == 1
     assert "32-bit userland (dpkg architecture 'armhf'" in proc.stderr
     assert "Raspberry Pi OS (64-bit)" in proc.stderr and "arm64" in proc.stderr
-    assert actions(proc.stdout) == []                            # refused before doing anything
+    assert actions(proc.stderr) == []                            # refused before doing anything
 
 
 def test_refuses_32_bit_by_long_bit(platform_env, tmp_path):
@@ -250,13 +289,14 @@ def copy_checkout(dest: Path) -> Path:
 @pytest.mark.timeout(900)
 def test_dev_install_in_a_fresh_checkout(tmp_path):
     """`./install.sh --dev` makes ./.venv, installs the requirements and the package in editable mode,
-    and a second run is a quick no-op. Only requirements.txt is installed here (EDGE_DEV_REQUIREMENTS):
-    requirements-dev.txt adds torch (gigabytes), which CI's own `./install.sh --dev` run installs."""
+    makes the demo model without torch, and a second run is a quick no-op. Only requirements.txt is
+    installed here (EDGE_DEV_REQUIREMENTS): the test tools are in CI's own `./install.sh --dev --models` run."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs a git checkout to copy")
     checkout = copy_checkout(tmp_path / "checkout")
     env = os.environ.copy()
     env["EDGE_DEV_REQUIREMENTS"] = "requirements.txt"
+    env["EDGE_NO_DOWNLOAD"] = "1"               # no internet in tests: the untrained demo model
     for var in ("VIRTUAL_ENV", "PYTHONPATH"):
         env.pop(var, None)
     first = install_sh("--dev", env=env, cwd=checkout, timeout=850, script=checkout / "install.sh")
@@ -270,12 +310,21 @@ def test_dev_install_in_a_fresh_checkout(tmp_path):
     assert probe.returncode == 0, probe.stderr
     path, version = json.loads(probe.stdout)
     assert Path(path) == checkout / "edge_runtime" / "__init__.py"          # editable: the checkout itself
+    assert first.stdout == ""                                               # progress on stderr
+    # The demo model, made without torch (none in this venv), and marked untrained.
+    demo = checkout / "models" / "mobilenetv3_small.onnx"
+    meta = subprocess.run([str(python), "-I", "-c", "import importlib.util, onnx, sys; "
+                           "print(importlib.util.find_spec('torch') is None, "
+                           "{p.key: p.value for p in onnx.load(sys.argv[1]).metadata_props}['edge_runtime.weights'])",
+                           str(demo)], capture_output=True, text=True, timeout=120)
+    assert meta.returncode == 0, meta.stderr
+    assert meta.stdout.startswith("True untrained (random init, seed 0"), meta.stdout
     t0 = time.monotonic()
     second = install_sh("--dev", env=env, cwd=checkout, timeout=300, script=checkout / "install.sh")
     elapsed = time.monotonic() - t0
     assert second.returncode == 0, second.stderr
-    assert "is up to date" in second.stdout and "installed in editable mode" in second.stdout
-    assert "Successfully installed" not in second.stdout
+    assert "is up to date" in second.stderr and "installed in editable mode" in second.stderr
+    assert "Successfully installed" not in second.stderr
     print(f"\n--dev: first run ok; second run {elapsed:.1f} s (a no-op)")
     assert elapsed < 60
 
@@ -388,8 +437,8 @@ def test_real_install_upgrade_uninstall_in_a_sandbox(tmp_path, tiny_model):
     box.run("sh", "-c", "echo '# my local edit' >> /etc/edge-runtime/config.yaml", check=True)
     again = box.run("bash", INSTALL, *base)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "kept the existing /etc/edge-runtime/config.yaml" in again.stdout
-    assert "useradd" not in again.stdout and "is up to date" in again.stdout
+    assert "kept the existing /etc/edge-runtime/config.yaml" in again.stderr
+    assert "useradd" not in again.stderr and "is up to date" in again.stderr
     assert "# my local edit" in box.run("cat", "/etc/edge-runtime/config.yaml", check=True).stdout
     assert box.run("test", "-f", "/etc/edge-runtime/config.yaml.default").returncode == 0
 
@@ -397,7 +446,7 @@ def test_real_install_upgrade_uninstall_in_a_sandbox(tmp_path, tiny_model):
     #    models and user stay.
     gone = box.run("bash", f"{prefix}/install.sh", "--uninstall")
     assert gone.returncode == 0, gone.stderr
-    assert f"uninstalling edge-runtime from {prefix}" in gone.stdout        # prefix read from the unit
+    assert f"uninstalling edge-runtime from {prefix}" in gone.stderr        # prefix read from the unit
     for path in (prefix, "/etc/systemd/system/edge-runtime.service",
                  "/etc/systemd/system/multi-user.target.wants/edge-runtime.service",
                  "/etc/edge-runtime/config.yaml.default"):

@@ -1,0 +1,282 @@
+"""`python -m edge_runtime fetch-model`: a real MobileNetV3 on the device, without PyTorch.
+
+Downloads torchvision's ImageNet weights (SHA-256 pinned here), reads the .pth without running its
+pickle (modelzoo/pth.py), builds the ONNX graph from the architecture tables (modelzoo/), checks it
+with onnx.checker and onnxruntime, and only then moves it into place. The file describes itself
+(labels, preprocessing) like models/export.py's. --from takes a local .pth or a mirror's URL instead
+(offline boards, your own fine-tuned weights); --untrained makes the demo model with torchvision's
+initialisation, no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .config import DEFAULT_MODEL
+from .errors import EXIT_OK, UserError
+
+DOWNLOAD_TIMEOUT_S = 60         # per blocking socket operation, not for the whole file
+MAX_DOWNLOAD_BYTES = 256 << 20  # a --from URL of unknown size
+CHUNK = 1 << 20
+PROG = "fetch-model"
+
+
+class FetchError(UserError):
+    """One line, exit 2; nothing was written."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from .modelzoo.mobilenetv3_arch import IMAGENET_WEIGHTS
+
+    small = IMAGENET_WEIGHTS["mobilenet_v3_small"]
+    p = argparse.ArgumentParser(
+        prog="python -m edge_runtime fetch-model",
+        description="Make a MobileNetV3 ONNX model for the daemon without PyTorch: torchvision's ImageNet "
+                    "weights (downloaded, SHA-256 checked), a local .pth, or untrained weights.",
+        epilog=f"Default download for small: {small.url} ({small.size / 1e6:.1f} MB). Offline: fetch that file on "
+               "another machine, copy it over, then --from FILE.pth. Exit codes: 0 written, 2 nothing written "
+               "(the line says why).")
+    p.add_argument("arch", nargs="?", choices=("small", "large"), default="small",
+                   help="MobileNetV3 variant (default small)")
+    p.add_argument("--output", type=Path, metavar="PATH",
+                   help=f"where the .onnx goes (default {DEFAULT_MODEL} for small, models/mobilenetv3_large.onnx "
+                        "for large)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--from", dest="source", metavar="PATH|URL",
+                     help="a .pth state dict in torchvision's layout (a file, or an http(s) URL) instead of "
+                          "torchvision's download")
+    src.add_argument("--untrained", action="store_true",
+                     help="no weights: torchvision's random initialisation (the daemon marks it untrained); "
+                          "no download")
+    p.add_argument("--sha256", metavar="HEX",
+                   help="expected SHA-256 of the --from file (a URL without it must be a copy of torchvision's "
+                        "file, whose digest is pinned)")
+    p.add_argument("--labels", type=Path, metavar="FILE",
+                   help="class names, one per line (default: a checkpoint's own, else ImageNet's for 1000 classes)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --untrained (default 0)")
+    args = p.parse_args(argv)
+    if args.sha256 is not None:
+        if args.source is None:
+            p.error("--sha256 goes with --from")
+        args.sha256 = args.sha256.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", args.sha256):
+            p.error(f"--sha256 wants 64 hex digits, got {args.sha256!r}")
+    if args.source and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", args.source) \
+            and not re.match(r"^https?://", args.source):
+        p.error(f"--from URL must be http:// or https://, got {args.source!r}")
+    return args
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None = None) -> str:
+    """Stream `url` into `dest` (bounded), return its SHA-256. FetchError on any failure or truncation."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"edge-runtime/{__version__}"})
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, dest.open("wb") as out:
+            length = response.headers.get("Content-Length")
+            announced = int(length) if length and length.isdigit() else None
+            if announced is not None and announced > max_bytes:
+                raise FetchError(f"{url} is {announced} bytes, more than the {max_bytes} expected; nothing written")
+            print(f"{PROG}: downloading {url}" + (f" ({announced / 1e6:.1f} MB)" if announced else ""),
+                  file=sys.stderr)
+            while chunk := response.read(CHUNK):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise FetchError(f"{url} sends more than the {max_bytes} bytes expected; nothing written")
+                digest.update(chunk)
+                out.write(chunk)
+    except FetchError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; nothing written") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise FetchError(f"cannot download {url} ({reason}); nothing written. Offline? Fetch the file on another "
+                         f"machine, copy it here, then: python -m edge_runtime fetch-model --from FILE.pth") from None
+    except Exception as exc:            # http.client.IncompleteRead and the like: a cut connection
+        raise FetchError(f"download of {url} broke off after {received} bytes ({type(exc).__name__}); "
+                         "nothing written") from None
+    want = announced if announced is not None else expected_size
+    if want is not None and received != want:
+        raise FetchError(f"download of {url} is truncated: {received} of {want} bytes; nothing written")
+    return digest.hexdigest()
+
+
+def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...] | None:
+    from . import model_spec as ms
+    from .errors import ConfigError
+
+    if path is not None:
+        try:
+            labels = ms.read_labels(path)
+        except ConfigError as exc:
+            raise FetchError(str(exc)) from None
+        if len(labels) != num_classes:
+            raise FetchError(f"--labels {path} has {len(labels)} names but the weights have {num_classes} classes")
+        return labels
+    classes = extra.get("classes")
+    if isinstance(classes, (list, tuple)) and len(classes) == num_classes and all(isinstance(c, str) for c in classes):
+        return tuple(classes)
+    if num_classes == 1000:
+        return ms.read_labels(ms.DEFAULT_LABELS_FILE)
+    return None
+
+
+def make_model(args: argparse.Namespace, workdir: Path):
+    """(ONNX ModelProto, one-line description of the weights, whether the classes have no names)."""
+    import numpy as np
+
+    from .modelzoo import mobilenetv3_arch as arch_tables
+    from .modelzoo import mobilenetv3_onnx as builder
+    from .modelzoo import pth
+
+    arch = arch_tables.arch_name(args.arch)
+    pinned = arch_tables.IMAGENET_WEIGHTS[arch]
+    extra: dict = {}
+    if args.untrained:
+        net = arch_tables.network(arch)
+        # torchvision's init leaves an untrained network's logits at ~1e-9 (each depthwise layer shrinks
+        # them): BatchNorm statistics measured on synthetic images keep its answers frame-dependent.
+        state = builder.random_state_dict(net, args.seed)
+        state = builder.calibrate_batchnorm(state, net, builder.synthetic_images(8, (112, 112), args.seed))
+        weights = f"untrained (random init, seed {args.seed}; BatchNorm statistics from synthetic images)"
+    else:
+        if args.source is None or re.match(r"^https?://", args.source):
+            url = args.source or pinned.url
+            expected = args.sha256 or pinned.sha256
+            path = workdir / "weights.pth"
+            size = None if args.sha256 else pinned.size
+            actual = download(url, path, max_bytes=size + (1 << 16) if size else MAX_DOWNLOAD_BYTES,
+                              expected_size=size)
+            source = url
+        else:
+            path = Path(args.source)
+            if not path.is_file():
+                raise FetchError(f"--from {path}: no such file")
+            expected = args.sha256
+            actual = sha256_file(path)
+            source = str(path.resolve())
+        if expected is not None and actual != expected:
+            raise FetchError(f"{source}: SHA-256 mismatch: expected {expected}, got {actual}; nothing written")
+        try:
+            state, extra = pth.load_state_dict(path)
+        except pth.PthError as exc:
+            raise FetchError(f"{source}: {exc}; nothing written") from None
+        recorded = extra.get("arch")
+        if isinstance(recorded, str) and recorded != arch:
+            raise FetchError(f"{source} holds a {recorded}, not {arch}: pass {recorded.rsplit('_', 1)[-1]}")
+        head = state.get("classifier.3.weight")
+        num_classes = int(head.shape[0]) if isinstance(head, np.ndarray) and head.ndim == 2 else 1000
+        width = extra.get("width_mult", 1.0)
+        try:
+            net = arch_tables.network(arch, num_classes, float(width) if isinstance(width, (int, float)) else 1.0)
+        except ValueError as exc:
+            raise FetchError(f"{source}: {exc}") from None
+        weights = (arch_tables.IMAGENET_WEIGHTS_NAME if actual == pinned.sha256
+                   else f"{source} (sha256 {actual[:16]})")
+    labels = _labels(args.labels, extra, net.num_classes)
+    size = extra.get("input_size")
+    input_size = tuple(size) if isinstance(size, (list, tuple)) and len(size) == 2 else (224, 224)
+    import onnx
+
+    spec = builder.eval_spec(input_size, labels, origin="edge_runtime fetch-model")
+    info = {"arch": arch, "weights": weights, "exporter": f"edge_runtime fetch-model {__version__}",
+            "width_mult": f"{float(extra.get('width_mult', 1.0)):g}", "onnx": onnx.__version__,
+            "input_fused": "no"}
+    try:
+        return builder.build(state, net, spec, info), weights, labels is None
+    except builder.WeightsError as exc:
+        raise FetchError(f"{args.source}: {exc}; nothing written") from None
+
+
+def verify(model, path: Path) -> None:
+    """onnx.checker, then onnxruntime on two synthetic images: the right shape, finite logits."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from .modelzoo.mobilenetv3_onnx import INPUT_NAME, synthetic_images
+
+    onnx.checker.check_model(model, full_check=True)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    logits = session.run(None, {INPUT_NAME: synthetic_images(2, (shape[2], shape[3]), seed=1)})[0]
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    if logits.shape != (2, classes) or not np.all(np.isfinite(logits)):
+        raise RuntimeError(f"onnxruntime gives logits of shape {logits.shape} (finite: {np.isfinite(logits).all()})")
+
+
+def run(args: argparse.Namespace) -> int:
+    import onnx
+
+    output: Path = args.output or Path(DEFAULT_MODEL if args.arch == "small" else "models/mobilenetv3_large.onnx")
+    if output.suffix != ".onnx":
+        raise FetchError(f"--output {output}: expected a file name ending in .onnx")
+    if output.is_dir():
+        raise FetchError(f"--output {output} is a folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(f"--output {output}: cannot make its folder ({exc.strerror or exc})") from None
+    with tempfile.TemporaryDirectory(prefix="edge-fetch-") as work:
+        model, weights, unlabelled = make_model(args, Path(work))
+        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        try:
+            onnx.save(model, str(tmp))
+            try:
+                verify(model, tmp)
+            except Exception as exc:
+                raise FetchError(f"the model built for {output} fails its check ({type(exc).__name__}: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                                 "nothing written") from None
+            os.replace(tmp, output)          # atomic: the old model stays until the new one is whole
+        except OSError as exc:
+            raise FetchError(f"cannot write {output} ({exc.strerror or exc}); nothing written") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    print(f"{PROG}: wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {model.graph.name}, {weights}",
+          file=sys.stderr)
+    if unlabelled:
+        print(f"{PROG}: note: no labels for these classes (--labels FILE); the daemon calls them class_0, ...",
+              file=sys.stderr)
+    if weights.startswith("untrained"):
+        print(f"{PROG}: warning: untrained weights: the predictions change with the frame but mean nothing",
+              file=sys.stderr)
+    print(output)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except ImportError as exc:
+        print(f"{PROG}: error: {exc} (pip install onnx: fetch-model needs it)", file=sys.stderr)
+        return 2

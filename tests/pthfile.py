@@ -1,0 +1,77 @@
+"""Write PyTorch's .pth zip format without PyTorch, for tests of the torch-free reader (edge_runtime/
+modelzoo/pth.py) on machines with no torch. The pickle is written opcode by opcode, as torch.save writes
+a state dict: an OrderedDict of torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False,
+OrderedDict()) with each storage a persistent id ('storage', torch.FloatStorage, key, 'cpu', numel).
+tests/models/test_model_torchfree.py checks that torch.load reads these files back exactly."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+STORAGES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage",
+            np.dtype(np.float16): "HalfStorage", np.dtype(np.int64): "LongStorage"}
+
+
+class _Writer:
+    def __init__(self):
+        self.out = bytearray(b"\x80\x02")          # PROTO 2
+
+    def glob(self, module: str, name: str) -> None:
+        self.out += b"c" + f"{module}\n{name}\n".encode()
+
+    def text(self, s: str) -> None:
+        data = s.encode()
+        self.out += b"X" + struct.pack("<I", len(data)) + data
+
+    def int(self, i: int) -> None:
+        self.out += b"J" + struct.pack("<i", i)
+
+    def ints(self, values) -> None:
+        self.out += b"("
+        for v in values:
+            self.int(int(v))
+        self.out += b"t"
+
+
+def state_dict_pickle(state: Mapping[str, np.ndarray]) -> tuple[bytes, list[bytes]]:
+    w = _Writer()
+    storages: list[bytes] = []
+    w.glob("collections", "OrderedDict")
+    w.out += b")R("                                  # EMPTY_TUPLE, REDUCE, MARK
+    for name, array in state.items():
+        array = np.array(array, order="C")          # (ascontiguousarray would make a 0-d array 1-d)
+        w.text(name)
+        w.glob("torch._utils", "_rebuild_tensor_v2")
+        w.out += b"(("                               # MARK (args), MARK (persistent id)
+        w.text("storage")
+        w.glob("torch", STORAGES[array.dtype])
+        w.text(str(len(storages)))
+        w.text("cpu")
+        w.int(array.size)
+        w.out += b"tQ"                               # TUPLE, BINPERSID
+        w.int(0)
+        w.ints(array.shape)
+        w.ints([s // array.itemsize for s in array.strides])
+        w.out += b"\x89"                             # NEWFALSE (requires_grad)
+        w.glob("collections", "OrderedDict")
+        w.out += b")RtR"                             # backward hooks; TUPLE; REDUCE
+        storages.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+    w.out += b"u."                                   # SETITEMS, STOP
+    return bytes(w.out), storages
+
+
+def write_pth(path: Path, state: Mapping[str, np.ndarray], *, pickle_bytes: bytes | None = None) -> Path:
+    """A .pth archive holding `state`; `pickle_bytes` replaces its data.pkl (for hostile files)."""
+    data, storages = state_dict_pickle(state)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickle_bytes if pickle_bytes is not None else data)
+        z.writestr("archive/byteorder", "little")
+        for i, raw in enumerate(storages):
+            z.writestr(f"archive/data/{i}", raw)
+        z.writestr("archive/version", "3\n")
+    return path
