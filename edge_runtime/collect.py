@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .addresses import redact
 from .errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
 
 log = logging.getLogger("edge_runtime.collect")
@@ -317,7 +318,7 @@ class Collector:
                     if lost > REOPEN_TRIES:
                         raise CollectError(f"source {self.source.uri} lost ({first_line(exc)}) and not back after "
                                            f"{REOPEN_TRIES} reopens; saved {self.tally.saved}") from None
-                    log.warning("%s; reopening (%d/%d)", first_line(exc), lost, REOPEN_TRIES)
+                    log.warning("%s; reopening (%d/%d)", redact(first_line(exc)), lost, REOPEN_TRIES)
                     self.source.close()
                     time.sleep(min(2.0, 0.5 * lost))
                     self.open()
@@ -357,8 +358,10 @@ def make_source(cfg, uri: str):
         raise
 
 
-def output_folder(out: str, label: str) -> Path:
+def output_folder(out: str, label: str) -> bool:
+    """Make DIR/label; True if it was made now (so an empty one can be removed again)."""
     folder = Path(out).expanduser() / label
+    existed = folder.is_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -367,7 +370,7 @@ def output_folder(out: str, label: str) -> Path:
         raise CollectError(f"--out {out}: cannot make {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CollectError(f"--out {out}: {folder} is not writable")
-    return folder
+    return not existed
 
 
 def collect(args: argparse.Namespace, stop) -> int:
@@ -383,20 +386,33 @@ def collect(args: argparse.Namespace, stop) -> int:
     except SourceError as exc:          # --camera N that is not there
         raise camera_failure(f"camera {cfg.camera}", first_line(exc)) from None
     source = make_source(cfg, uri)
-    folder = output_folder(args.out, label)
+    folder = Path(args.out).expanduser() / label
     prefix = f"{region.name}_" if region is not None else ""
     progress = Progress(args.count, folder)
     collector = Collector(source, box=region.box if region is not None else None, writer=Writer(folder, prefix),
                           every=args.every, count=args.count, min_change=args.min_change, progress=progress,
                           stop=stop)
+    # The source first: a camera that is busy must not leave an empty class folder behind (distill.py
+    # refuses a class with no images).
     collector.open()
+    try:
+        made = output_folder(args.out, label)
+    except BaseException:
+        source.close()
+        raise
     what = f"region {region.name} {list(region.box)}" if region is not None else "whole frames"
-    log.info("collecting %s from %s into %s, one frame per %gs%s", what, uri, folder, args.every,
+    log.info("collecting %s from %s into %s, one frame per %gs%s", what, redact(uri), folder, args.every,
              " (video time)" if source.kind == "file" else "")
     try:
         why = collector.run()
     except KeyboardInterrupt:
         why = "interrupted"
+    finally:
+        if made and collector.tally.saved == 0:
+            try:
+                folder.rmdir()              # nothing saved: no empty class folder
+            except OSError:
+                pass
     progress.done(collector.tally, why)
     return EXIT_OK
 
@@ -412,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return collect(args, stopping.is_set)
     except UserError as exc:
-        log.error("%s", exc)
+        log.error("%s", redact(str(exc)))          # a stream's URI may hold a password
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.collect import Writer
-from harness import REPO, daemon_env, run_daemon
+from harness import REPO, daemon_env, free_port, run_daemon
 
 FAKES = REPO / "tests" / "fakes"
 W, H, FPS = 320, 240, 10
@@ -152,6 +152,7 @@ def test_busy_pi_camera_is_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "camera busy or missing: csi://0" in lines[0] and "Device or resource busy" in lines[0]
     assert "stop edge-runtime first" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()            # no empty class folder for distill.py to trip over
 
 
 def test_names_never_collide(tmp_path):
@@ -161,3 +162,14 @@ def test_names_never_collide(tmp_path):
     paths = [w.save(image) for _ in range(20) for w in (a, b)]
     assert len(set(paths)) == 40 and len(jpegs(tmp_path)) == 40
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".jpg")] == []
+
+
+def test_a_stream_that_cannot_be_opened_is_one_line_without_its_password(tmp_path):
+    port = free_port()          # nothing listens there: the connection is refused at once
+    result = collect("--source", f"rtsp://viewer:s3cret@127.0.0.1:{port}/live", "--out", tmp_path / "d",
+                     "--label", "x")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("ERROR") and "cannot open source rtsp://viewer:***@127.0.0.1" in lines[-1]
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
