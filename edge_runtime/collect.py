@@ -209,12 +209,16 @@ class Tally:
 
 
 class Progress:
-    """saved / skipped / target on stderr: rewritten in place on a terminal, a line per change elsewhere."""
+    """saved / skipped / target on stderr: rewritten in place on a terminal; elsewhere (a log, a pipe)
+    a line at most every LOG_EVERY seconds, so `--every 0` on a long video does not flood it."""
+
+    LOG_EVERY = 1.0
 
     def __init__(self, target: int | None, folder: Path):
         self.target = target
         self.folder = folder
         self.tty = sys.stderr.isatty()
+        self._last = -math.inf
 
     def line(self, t: Tally) -> str:
         target = str(self.target) if self.target else "none (until the source ends or Ctrl-C)"
@@ -222,10 +226,14 @@ class Progress:
         return (f"collect: saved {t.saved} / skipped {t.skipped} near-duplicates{extra} / target {target} "
                 f"-> {self.folder}")
 
-    def show(self, t: Tally) -> None:
+    def show(self, t: Tally, final: bool = False) -> None:
         if self.tty:
             sys.stderr.write("\r" + self.line(t) + "\033[K")
         else:
+            now = time.monotonic()
+            if not final and now - self._last < self.LOG_EVERY:
+                return
+            self._last = now
             sys.stderr.write(self.line(t) + "\n")
         sys.stderr.flush()
 
@@ -297,8 +305,9 @@ class Collector:
             self.writer.save(image)
             self.last_thumb = thumb
             self.tally.saved += 1
-        self.progress.show(self.tally)
-        return self.count is not None and self.tally.saved >= self.count
+        full = self.count is not None and self.tally.saved >= self.count
+        self.progress.show(self.tally, final=full)
+        return full
 
     def run(self) -> str:
         """Until --count, the end of the source or a stop; returns why it stopped. open() first."""

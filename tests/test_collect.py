@@ -173,3 +173,32 @@ def test_a_stream_that_cannot_be_opened_is_one_line_without_its_password(tmp_pat
     assert lines[-1].startswith("ERROR") and "cannot open source rtsp://viewer:***@127.0.0.1" in lines[-1]
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_live_source_every_is_clock_time(tmp_path):
+    """A paced 20 frames/s source, one frame per 0.25 s: the saved pictures are >= 0.2 s apart (the
+    file names carry the time of saving to the millisecond)."""
+    out = tmp_path / "data"
+    result = collect("--source", "synthetic://64x48?fps=20", "--out", out, "--label", "x", "--every", "0.25",
+                     "--count", "4")
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stderr) == (4, 0, 4)
+    stamps = []
+    for f in jpegs(out / "x"):
+        hms, ms = re.fullmatch(r"\d{8}-(\d{6})\.(\d{3})_\d{4}\.jpg", f.name).groups()
+        stamps.append(int(hms[:2]) * 3600 + int(hms[2:4]) * 60 + int(hms[4:]) + int(ms) / 1000)
+    gaps = np.diff(stamps)
+    assert len(gaps) == 3 and gaps.min() >= 0.2, gaps
+
+
+def test_collects_from_the_pi_camera_at_the_size_the_service_asks_for(tmp_path):
+    env = daemon_env(PYTHONPATH=f"{FAKES}{os.pathsep}{REPO}", FAKE_PICAMERA2_RGB="255,0,0")
+    out = tmp_path / "data"
+    result = collect("--source", "csi://0", "--out", out, "--label", "red", "--every", "0", "--min-change", "0",
+                     "--count", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    files = jpegs(out / "red")
+    assert len(files) == 2
+    image = cv2.imread(str(files[0]))
+    assert image.shape == (256, 352, 3)               # the daemon's ISP size for a 224x224 model (resize 256)
+    assert image.reshape(-1, 3).mean(0) == pytest.approx([0, 0, 255], abs=3)   # red, in BGR
