@@ -210,15 +210,17 @@ class Tally:
 
 class Progress:
     """saved / skipped / target on stderr: rewritten in place on a terminal; elsewhere (a log, a pipe)
-    a line at most every LOG_EVERY seconds, so `--every 0` on a long video does not flood it."""
+    a line per saved image, and for skips alone at most one every SKIPS_EVERY seconds (a still scene
+    with `--every 0` would otherwise write a line per frame)."""
 
-    LOG_EVERY = 1.0
+    SKIPS_EVERY = 5.0
 
     def __init__(self, target: int | None, folder: Path):
         self.target = target
         self.folder = folder
         self.tty = sys.stderr.isatty()
         self._last = -math.inf
+        self._saved = 0
 
     def line(self, t: Tally) -> str:
         target = str(self.target) if self.target else "none (until the source ends or Ctrl-C)"
@@ -231,9 +233,9 @@ class Progress:
             sys.stderr.write("\r" + self.line(t) + "\033[K")
         else:
             now = time.monotonic()
-            if not final and now - self._last < self.LOG_EVERY:
+            if not final and t.saved == self._saved and now - self._last < self.SKIPS_EVERY:
                 return
-            self._last = now
+            self._last, self._saved = now, t.saved
             sys.stderr.write(self.line(t) + "\n")
         sys.stderr.flush()
 

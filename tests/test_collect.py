@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -202,3 +205,23 @@ def test_collects_from_the_pi_camera_at_the_size_the_service_asks_for(tmp_path):
     image = cv2.imread(str(files[0]))
     assert image.shape == (256, 352, 3)               # the daemon's ISP size for a 224x224 model (resize 256)
     assert image.reshape(-1, 3).mean(0) == pytest.approx([0, 0, 255], abs=3)   # red, in BGR
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_and_keeps_what_was_saved(signum, tmp_path):
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime", "collect", "--source", "synthetic://64x48?fps=20",
+                             "--out", out, "--label", "x", "--every", "0.2"], stderr=subprocess.PIPE, text=True,
+                            env=daemon_env(), cwd=REPO)
+    try:
+        for line in proc.stderr:
+            if line.startswith("collect: saved 2 /"):
+                break
+        proc.send_signal(signum)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=10) == 0, rest
+    finally:
+        proc.kill()
+    assert re.search(r"collect: (interrupted|stopped): saved (\d+)", rest)
+    saved = int(re.search(r"saved (\d+), skipped", rest).group(1))
+    assert saved >= 2 and len(jpegs(out / "x")) == saved
