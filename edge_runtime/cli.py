@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m edge_runtime",
         description="Classify camera frames with an ONNX model; JSON lines on stdout, logs on stderr.",
-        epilog="Other commands: `python -m edge_runtime bench --help`, `... collect --help`. Exit codes: 0 done, "
+        epilog="Other commands: `python -m edge_runtime bench --help`. Exit codes: 0 done, "
                "2 usage/config/model error, 1 unexpected.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--source", metavar="URI",
@@ -205,12 +205,12 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        from .bench import main as bench_main
-        return bench_main(argv[1:])
     if argv and argv[0] == "collect":
         from .collect import main as collect_main
         return collect_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info")

@@ -26,6 +26,7 @@ if __package__ in (None, ""):          # run as `python models/distill.py`: impo
 from models.common import ToolError, positive_int, run_main, tool_name  # noqa: E402
 
 DEFAULT_ALPHA = 0.5
+UNLABELED = "unlabeled"     # `python -m edge_runtime collect --unlabeled` saves there (edge_runtime.collect.UNLABELED)
 DEFAULT_TEMPERATURE = 2.0
 
 
@@ -104,24 +105,18 @@ def load_teacher(path: Path, classes: list[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)            # first: --help and bad flags answer without loading PyTorch
-
+    args = parse_args(argv)      # before torch: --help and usage errors at once
     import torch
 
-    from edge_runtime.collect import UNLABELED
     from models import checkpoint, exporting
-    from models.imagefolder import class_folders, is_image
+    from models.imagefolder import class_folders
     from models.training import evaluate, fit, kd_loss, loader, split_samples
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     classes, samples = class_folders(args.data, ignore=(UNLABELED,))
-    unlabeled = args.data / UNLABELED
-    if unlabeled.is_dir():
-        count = sum(1 for p in unlabeled.rglob("*") if is_image(p))
-        print(f"note: ignoring {unlabeled} ({count} images): not a class; move its images into class folders "
-              "to train on them")
+    note_unlabeled(args.data)
     train_samples, val_samples = split_samples(samples, args.val_split, args.seed, classes)
     size = (args.input_size, args.input_size)
     spec = exporting.make_spec(size, tuple(classes))       # also what the runtime will do at inference
@@ -197,6 +192,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(teacher {teacher_acc:.3f}, chance {1 / len(classes):.3f})")
     print(format_report(classes, matrix))
     return 0
+
+
+def note_unlabeled(data: Path) -> None:
+    """`collect --unlabeled` images are no class: say that they are left out, and how many."""
+    from models.imagefolder import is_image
+
+    unlabeled = data / UNLABELED
+    if unlabeled.is_dir():
+        count = sum(1 for p in unlabeled.rglob("*") if is_image(p))
+        print(f"note: ignoring {unlabeled} ({count} images): not a class; move its images into class folders "
+              "to train on them")
 
 
 def onnx_predictions(path: Path, samples, spec) -> list[int]:

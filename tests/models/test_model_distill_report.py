@@ -104,6 +104,9 @@ def parse_report(stdout: str) -> tuple[dict, list[str], list[list[int]]]:
 
 def test_report_is_the_held_out_split_through_the_exported_file(trained, dataset, onnx_metadata):
     out, stdout = trained
+    from edge_runtime.collect import UNLABELED
+
+    assert distill.UNLABELED == UNLABELED
     assert f"note: ignoring {dataset / 'unlabeled'} (4 images)" in stdout
     assert "2 classes (closed, open): 24 training, 6 validation images" in stdout     # unlabeled is no class
     per_class, columns, matrix = parse_report(stdout)
