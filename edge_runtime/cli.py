@@ -212,6 +212,9 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "collect":
+        from .collect import main as collect_main
+        return collect_main(argv[1:])
     if argv and argv[0] == "bench":
         from .bench import main as bench_main
         return bench_main(argv[1:])

@@ -3,10 +3,12 @@
     python models/distill.py --data DIR --output MODEL.onnx [--epochs N] [--teacher CKPT]
                              [--alpha A] [--temperature T]
 
-DIR holds one sub-folder per class. Recipe: split DIR into train/val (stratified); fine-tune the
-Large teacher on the labels (or load it from --teacher); then train the Small student with
+DIR holds one sub-folder per class, as `python -m edge_runtime collect` makes it (DIR/unlabeled/ is
+ignored); each class needs at least 1/--val-split images (5 at 0.2). Recipe: split DIR into train/val
+(stratified); fine-tune the Large teacher on the labels (or load it from --teacher); then train the Small student with
     loss = alpha * CE(student, label) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))
-keeping the epoch with the best validation accuracy; export it with the class names as labels.
+keeping the epoch with the best validation accuracy; export it with the class names as labels, and
+print the exported file's per-class accuracy and confusion matrix on the held-out (validation) split.
 Checkpoints: MODEL.teacher.pth (reusable with --teacher) and MODEL.pth (the best student).
 """
 
@@ -24,12 +26,14 @@ if __package__ in (None, ""):          # run as `python models/distill.py`: impo
 from models.common import ToolError, positive_int, run_main, tool_name  # noqa: E402
 
 DEFAULT_ALPHA = 0.5
+UNLABELED = "unlabeled"     # `python -m edge_runtime collect --unlabeled` saves there (edge_runtime.collect.UNLABELED)
 DEFAULT_TEMPERATURE = 2.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="distill.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="image folder, one sub-folder per class")
+    p.add_argument("--data", type=Path, required=True,
+                   help="image folder, one sub-folder per class (a sub-folder 'unlabeled' is ignored)")
     p.add_argument("--output", type=Path, required=True, help="the student's ONNX file")
     p.add_argument("--epochs", type=positive_int, default=30, help="student epochs (default 30)")
     p.add_argument("--teacher", type=Path, metavar="CKPT",
@@ -111,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    classes, samples = class_folders(args.data)
-    train_samples, val_samples = split_samples(samples, args.val_split, args.seed)
+    classes, samples = class_folders(args.data, ignore=(UNLABELED,))
+    note_unlabeled(args.data)
+    train_samples, val_samples = split_samples(samples, args.val_split, args.seed, classes)
     size = (args.input_size, args.input_size)
     spec = exporting.make_spec(size, tuple(classes))       # also what the runtime will do at inference
     print(f"{len(classes)} classes ({', '.join(classes)}): {len(train_samples)} training, "
@@ -178,24 +183,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp.replace(args.output)
     finally:
         tmp.unlink(missing_ok=True)
-    onnx_acc = onnx_accuracy(args.output, val_samples, spec)
+    predicted = onnx_predictions(args.output, val_samples, spec)
+    matrix = confusion_matrix([label for _, label in val_samples], predicted, len(classes))
+    onnx_acc = sum(matrix[i][i] for i in range(len(classes))) / len(val_samples)
     worst = max(p.max_abs_diff for p in parity.values())
     print(f"exported {args.output}: onnxruntime vs PyTorch max abs diff {worst:.2e}; "
           f"val acc through the runtime's preprocessing and onnxruntime {onnx_acc:.3f} "
           f"(teacher {teacher_acc:.3f}, chance {1 / len(classes):.3f})")
+    print(format_report(classes, matrix))
     return 0
 
 
-def onnx_accuracy(path: Path, samples, spec) -> float:
-    """Accuracy of the exported file, fed exactly as the daemon feeds it."""
+def note_unlabeled(data: Path) -> None:
+    """`collect --unlabeled` images are no class: say that they are left out, and how many."""
+    from models.imagefolder import is_image
+
+    unlabeled = data / UNLABELED
+    if unlabeled.is_dir():
+        count = sum(1 for p in unlabeled.rglob("*") if is_image(p))
+        print(f"note: ignoring {unlabeled} ({count} images): not a class; move its images into class folders "
+              "to train on them")
+
+
+def onnx_predictions(path: Path, samples, spec) -> list[int]:
+    """The exported file's top-1 class for each sample, fed exactly as the daemon feeds it."""
     from models.common import ort_session
     from models.imagefolder import preprocessed
 
     session = ort_session(path)
     name = session.get_inputs()[0].name
-    correct = sum(int(session.run(None, {name: x})[0].argmax()) == label
-                  for x, (_, label) in zip(preprocessed([p for p, _ in samples], spec.input), samples, strict=True))
-    return correct / len(samples)
+    return [int(session.run(None, {name: x})[0].argmax()) for x in preprocessed([p for p, _ in samples], spec.input)]
+
+
+def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], n: int) -> list[list[int]]:
+    """matrix[true class][predicted class] = how many images."""
+    matrix = [[0] * n for _ in range(n)]
+    for t, p in zip(truth, predicted, strict=True):
+        matrix[t][p] += 1
+    return matrix
+
+
+def format_report(classes: Sequence[str], matrix: list[list[int]]) -> str:
+    """Per-class accuracy and the confusion matrix of the held-out split, as printed at the end."""
+    total = sum(map(sum, matrix))
+    name_w = max(len(c) for c in classes)
+    lines = [f"held-out split: {total} images, classified by the exported file (the runtime's preprocessing, "
+             "onnxruntime)", "per-class accuracy:"]
+    for i, name in enumerate(classes):
+        n = sum(matrix[i])
+        lines.append(f"  {name:<{name_w}}  {matrix[i][i] / n if n else 0.0:.3f}  ({matrix[i][i]}/{n})")
+    lines.append("confusion matrix (rows: true class, columns: predicted class):")
+    widths = [max(len(c), len(str(total))) for c in classes]
+    lines.append("  " + " " * name_w + "".join(f"  {c:>{w}}" for c, w in zip(classes, widths, strict=True)))
+    for name, row in zip(classes, matrix, strict=True):
+        lines.append(f"  {name:<{name_w}}" + "".join(f"  {v:>{w}}" for v, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

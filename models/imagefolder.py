@@ -40,11 +40,13 @@ def list_images(folder: str | Path, what: str = "image folder") -> list[Path]:
     return images
 
 
-def class_folders(folder: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """An ImageFolder layout (one sub-folder per class) -> (class names, [(image, class index)])."""
+def class_folders(folder: str | Path, ignore: Sequence[str] = ()) -> tuple[list[str], list[tuple[Path, int]]]:
+    """An ImageFolder layout (one sub-folder per class) -> (class names, [(image, class index)]).
+    Sub-folders named in `ignore` (e.g. collect's "unlabeled") are not classes."""
     folder = Path(folder)
     _check_dir(folder, "--data")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in folder.iterdir()
+                     if d.is_dir() and not d.name.startswith(".") and d.name not in ignore)
     samples: list[tuple[Path, int]] = []
     empty = []
     for index, name in enumerate(classes):

@@ -31,17 +31,29 @@ from .imagefolder import read_bgr
 Sample = tuple[Path, int]
 
 
-def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Stratified split: the same fraction of every class goes to validation (at least one image)."""
+def min_per_class(val_fraction: float) -> int:
+    """Images a class needs so that `val_fraction` of it is at least one held-out image, and one is
+    left to train on: 5 at 0.2 (4 to train on, 1 to check)."""
+    return max(2, math.ceil(1 / val_fraction - 1e-9))
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int,
+                  classes: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Stratified split: the same fraction of every class goes to validation (at least one image).
+    A class too small for that is an error naming it, what it has and what it needs."""
     rng = random.Random(seed)
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s[1], []).append(s)
+    needed = min_per_class(val_fraction)
+    short = [(classes[c] if classes else items[0][0].parent.name, len(items))
+             for c, items in sorted(by_class.items()) if len(items) < needed]
+    if short:
+        have = ", ".join(f"{name!r} has {n} image{'s' if n != 1 else ''}" for name, n in short)
+        raise ToolError(f"too few images for a held-out split: {have}; each class needs at least {needed} "
+                        f"({needed - 1} to train on, 1 held out to check, at --val-split {val_fraction:g})")
     train, val = [], []
     for _, items in sorted(by_class.items()):
-        if len(items) < 2:
-            raise ToolError(f"class {items[0][0].parent.name!r} has {len(items)} image; "
-                            f"need at least 2 (one for training, one for validation)")
         items = items[:]
         rng.shuffle(items)
         n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
