@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m edge_runtime",
         description="Classify camera frames with an ONNX model; JSON lines on stdout, logs on stderr.",
         epilog="Other commands: `python -m edge_runtime fetch-model --help` (MobileNetV3 ImageNet weights, no "
-               "PyTorch needed), `python -m edge_runtime bench --help`. Exit codes: 0 done, "
+               "PyTorch needed), `collect --help` (pictures for your own classes), `bench --help`. Exit codes: 0 done, "
                "2 usage/config/model error, 1 unexpected.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--source", metavar="URI",

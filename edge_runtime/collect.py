@@ -22,11 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from .redact import redact          # main after i15b: one module for every redaction
-except ImportError:                     # pragma: no cover - this branch's base; drop once merged
-    from .addresses import redact
 from .errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
+from .redact import redact, sanitise_logging
 
 log = logging.getLogger("edge_runtime.collect")
 
@@ -437,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
+    sanitise_logging()      # no password, no forged line in any message
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
