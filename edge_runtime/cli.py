@@ -100,6 +100,7 @@ def warn_untrained(engine) -> None:
 
 
 STOP = threading.Event()   # set by SIGTERM/SIGINT, from the first moment main() runs
+RELOAD = threading.Event()  # set by SIGHUP
 FORCED_EXIT_AFTER = 5.0    # seconds from SIGTERM/SIGINT to a forced exit
 
 
@@ -128,30 +129,42 @@ def install_signal_handlers() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, lambda *_: log.warning(
-        "SIGHUP: this version does not reload its config; restart the service to apply changes"))
+    # SIGHUP (systemctl reload): read the config and the model again (reload.py); asked for before the
+    # daemon runs, it happens as soon as it does.
+    signal.signal(signal.SIGHUP, lambda *_: RELOAD.set())
 
 
 def run_daemon(args: argparse.Namespace) -> int:
     from .plan import load_model, plan_run, source_uri
 
+    from .reload import Reloader
+
     started = time.perf_counter()
     flag_names = {key: flag for key, flag in FLAG_KEYS.values()}
-    cfg = config_mod.load(args.config, overrides_from(args), flag_names)
+
+    def load_config():
+        return config_mod.load(args.config, overrides_from(args), flag_names)
+
+    cfg = load_config()
     setup_logging(cfg.log.level)
     plan = plan_run(cfg, source_uri(cfg))
     plan, engine = load_model(plan, cfg, args.config)
     if args.validate_config:
         print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}")
         return EXIT_OK
-    pipeline, stdout_sink = build_daemon(cfg, plan, engine)
+    pipeline, sinks = build_daemon(cfg, plan, engine)
+    del engine      # the lanes hold it: a reload must be able to let it go
+    reloader = Reloader(load_config, cfg, plan, pipeline, sinks, pipeline.stats, pipeline.notifier,
+                        apply_log_level=setup_logging)
+    reloader.requested = RELOAD
+    reloader.start()
     log.info("source: %s (%s); ready in %.2f s", plan.display_uri, "live" if plan.live else "frame by frame",
              time.perf_counter() - started)
     pipeline.run()
     pipeline.finish()
     if pipeline.output_closed:
         _silence_stdout()
-    elif stdout_sink.stuck:
+    elif next(s for s in sinks if s.name == "stdout").stuck:
         # The reader stopped reading: a blocked write would hang the interpreter's exit flush.
         log.warning("stdout reader is not reading; exiting without waiting for it")
         logging.shutdown()
@@ -160,13 +173,13 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def build_daemon(cfg, plan, engine):
-    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the stdout sink."""
+    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the sinks."""
     import cv2
 
     from .notify import Notifier
     from .pipeline import Pipeline, PipelineOptions
     from .plan import lane_engines
-    from .sinks import SinkContext, StdoutSink, build_sinks
+    from .sinks import SinkContext, build_sinks
     from .stats import Stats
 
     # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
@@ -197,7 +210,7 @@ def build_daemon(cfg, plan, engine):
                           health=pipeline.health)
     for sink in sinks:
         sink.start(context)
-    return pipeline, next(s for s in sinks if isinstance(s, StdoutSink))
+    return pipeline, sinks
 
 
 def _silence_stdout() -> None:

@@ -26,6 +26,8 @@ COUNTERS = (
     ("frames_skipped", "Unreadable or unusable frames skipped"),
     ("source_reconnects", "Times a lost source came back"),
     ("source_losses", "Times the source was lost"),
+    ("reloads", "Config and model reloads (SIGHUP) that took effect"),
+    ("reload_failures", "Reloads refused (bad config or model); the daemon kept what it had"),
 )
 
 

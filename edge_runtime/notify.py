@@ -68,6 +68,12 @@ class Notifier:
         if self.enabled:
             self._send(f"STATUS={_one_line(text)}")
 
+    def reloading(self) -> None:
+        """RELOADING=1 with MONOTONIC_USEC (systemd 253+ wants it): a reload has begun; ready() ends it."""
+        if self.enabled:
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
     def stopping(self) -> None:
         """STOPPING=1: shutdown has begun."""
         if self.enabled:

@@ -116,8 +116,8 @@ class Pipeline:
             self.feed = InlineReader(self.make_source, self.stats)
         else:
             self._start_capture()
-        threads = [threading.Thread(target=self._lane_loop, args=(lane,), name=f"lane-{i}", daemon=True)
-                   for i, lane in enumerate(self.lanes)]
+        threads = [threading.Thread(target=self._lane_loop, args=(i,), name=f"lane-{i}", daemon=True)
+                   for i in range(len(self.lanes))]
         try:
             for t in threads:
                 t.start()
@@ -186,13 +186,13 @@ class Pipeline:
 
     # -- a lane --
 
-    def _lane_loop(self, lane: Lane) -> None:
-        # Frames read but not yet published: every lane's batch in flight plus one more batch, so a lane
-        # that finishes first goes on; beyond that it waits.
-        ahead = max(2 * len(self.lanes), (len(self.lanes) + 1) * lane.batch)
+    def _lane_loop(self, index: int) -> None:
         try:
             while not self.stop.is_set() and not self._done.is_set():
-                self.publisher.wait_for_room(ahead)
+                lane = self.lanes[index]                # a reload swaps lanes between two batches
+                # Frames read but not yet published: every lane's batch in flight plus one more batch, so
+                # a lane that finishes first goes on; beyond that it waits.
+                self.publisher.wait_for_room(max(2 * len(self.lanes), (len(self.lanes) + 1) * lane.batch))
                 taken = self._take(lane)                # read + preprocess into the lane's tensor
                 if taken is None:
                     return
@@ -204,6 +204,14 @@ class Pipeline:
             if self._failure is None:
                 self._failure = exc
             self.stop.set()
+
+    def swap(self, engines: Sequence[Engine], *, top_k: int, batch: int) -> None:
+        """Reload: new sessions for every lane, taken up by each lane at its next batch (the batch in flight
+        finishes on the old ones; frames are not lost or reordered). The source is not touched."""
+        batch = 1 if self.live else max(1, batch)
+        self.lanes = [Lane(e, top_k, batch) for e in engines]
+        self.batch = batch
+        self.publisher.untrained = engines[0].spec.untrained
 
     def _take(self, lane: Lane) -> Taken | None:
         """The next frames for this lane (none yet from a live source: an empty Taken); None when the

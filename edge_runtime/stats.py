@@ -31,6 +31,8 @@ class Stats:
         self.frames_skipped = 0      # unreadable/unusable frames, warned about
         self.source_reconnects = 0
         self.source_losses = 0
+        self.reloads = 0             # SIGHUP reloads that took effect
+        self.reload_failures = 0     # ... and those refused (the daemon kept what it had)
         self.first_frame_mono: float | None = None
         self.first_frame_ts: float | None = None
         self.inference_ms: deque[float] = deque(maxlen=WINDOW)
@@ -91,6 +93,8 @@ class Stats:
                 "frames_dropped": self.frames_dropped,
                 "frames_skipped": self.frames_skipped,
                 "source_reconnects": self.source_reconnects,
+                "reloads": self.reloads,
+                "reload_failures": self.reload_failures,
                 "fps": {"capture": round(cap_fps, 2), "inference": round(inf_fps, 2)},
                 "latency_ms": {"preprocess": _percentiles(self.preprocess_ms),
                                "inference": _percentiles(self.inference_ms),

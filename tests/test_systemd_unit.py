@@ -92,7 +92,7 @@ def test_service_contract():
                                 "--config /etc/edge-runtime/config.yaml")
     assert one["StandardOutput"] == "null"                # JSON stream off; the journal gets the log
     assert one["StandardError"] == "journal"
-    assert "ExecReload" not in s                          # the daemon does not reload on SIGHUP
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]     # SIGHUP reloads (tests/test_reload.py)
     assert one["User"] == "edge-runtime" and "video" in one["SupplementaryGroups"].split()
     assert one["StateDirectory"] == "edge-runtime" and one["WorkingDirectory"] == "/var/lib/edge-runtime"
     assert one["ConfigurationDirectory"] == "edge-runtime"

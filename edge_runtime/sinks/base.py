@@ -49,5 +49,8 @@ class Sink:
     def stats(self, line: dict) -> None:
         pass
 
+    def model_changed(self, model_info: dict[str, str]) -> None:
+        """A reload swapped the model (same keys as SinkContext.model_info)."""
+
     def close(self) -> None:
         pass

@@ -413,6 +413,9 @@ class HttpSink(Sink):
         self._times.append(time.perf_counter())
         self.metrics.observe(record["latency_ms"])
 
+    def model_changed(self, model_info):
+        self.metrics.model_info = dict(model_info)
+
     def stats(self, line):
         self._last_line = line
         self.metrics.last_stats = line
