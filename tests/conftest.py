@@ -16,15 +16,24 @@ from harness import (FIXTURES, REPO, Daemon, DaemonResult, daemon_env, free_port
 from tiny_model import make_channel_model, make_random_model  # noqa: E402
 
 
+# What makes a test slow: it starts a process (the daemon, a broker, a browser, an installer, a
+# training run) or uses a fixture that does. `pytest -m "not slow"` is the quick in-process loop.
+SLOW_CALLS = ("Daemon(", "run_daemon(", "start_daemon(", "subprocess.", "Broker(", "Chromium(")
+SLOW_FIXTURES = {"daemons", "live_daemon", "broker", "running"}
+SLOW_FILES = {"test_install.py", "test_systemd_unit.py", "test_bench.py", "test_real_models.py"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`slow`: a test that runs the daemon, a broker, a browser or a training loop. `pytest -m "not slow"`
-    is the quick loop (in-process tests only, well under a minute)."""
-    slow_files = {"test_daemon.py", "test_faults.py", "test_install.py", "test_systemd_unit.py", "test_bench.py",
-                  "test_notify.py", "test_real_models.py"}
+    import inspect
+
     for item in items:
-        name = Path(str(item.fspath)).name
-        if name in slow_files or "models" in Path(str(item.fspath)).parts or "daemon" in item.fixturenames \
-                or "daemons" in item.fixturenames or "live_daemon" in item.fixturenames:
+        path = Path(str(item.fspath))
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError, AttributeError):
+            source = ""
+        if path.name in SLOW_FILES or "models" in path.parts or SLOW_FIXTURES & set(item.fixturenames) \
+                or any(call in source for call in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)
 
 
