@@ -175,7 +175,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     spec = engine.spec.input
     source_options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
                                    height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
-                                   model_size=tuple(spec.size), model_resize=spec.resize)
+                                   model_size=tuple(spec.size), model_resize=spec.resize,
+                                   max_image_pixels=cfg.capture.max_image_pixels)
     probe = open_source(uri, source_options)      # refuse a bad source string before anything starts
 
     if args.validate_config:
