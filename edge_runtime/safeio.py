@@ -148,8 +148,9 @@ def load_yaml(text: str) -> object:
         return loader.get_single_data()
     except yaml.YAMLError:
         raise
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        # A scalar the constructor cannot convert (an integer of 5000 decimal digits, a bad date).
+    except Exception as exc:
+        # A scalar PyYAML's constructor cannot convert: an integer of 5000 decimal digits, a bad date,
+        # an empty `!!int` (IndexError inside PyYAML; found by tests/test_hostile_config.py).
         raise yaml.YAMLError(f"a value cannot be read: {_first_line(exc)[:80]}") from None
     finally:
         loader.dispose()

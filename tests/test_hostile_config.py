@@ -8,6 +8,7 @@ within a time and memory bound. A property-based part throws generated YAML/JSON
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from test_hostile_files import error_lines, run_measured
@@ -245,12 +246,15 @@ def _one_line_user_error(exc: UserError) -> None:
     assert "\n" not in text and len(text) < MAX_LINE, text[:500]
 
 
-HYP = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+# HYP_N=2000 for a longer hunt (150 takes ~2 s; 1000 ~12 s)
+HYP = settings(max_examples=int(os.environ.get("HYP_N", 150)), deadline=2000,
+               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @HYP
 @given(text=yaml_texts)
+@example(text="!!int")                 # IndexError inside PyYAML
+@example(text="a: !!timestamp 2020-13-45")
 def test_generated_yaml_at_the_config_loader(text, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
@@ -264,6 +268,8 @@ def test_generated_yaml_at_the_config_loader(text, tmp_path):
 
 @HYP
 @given(text=yaml_texts)
+@example(text="!!int")
+@example(text="labels: \"\\0\"")          # a NUL in a file name
 def test_generated_yaml_at_the_sidecar_loader(text, tmp_path):
     path = tmp_path / "m.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
