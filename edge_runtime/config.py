@@ -1,6 +1,6 @@
 """The daemon's configuration: one typed tree, validated in one place.
 
-A YAML file (`--config`, always yaml.safe_load) holds everything the flags hold; flags override
+A YAML file (`--config`, safe YAML without aliases) holds everything the flags hold; flags override
 it. Unknown keys, wrong types and impossible values are refused before anything starts, naming
 the file, the key path and what was expected.
 """

@@ -295,3 +295,17 @@ def test_generated_json_at_the_metadata_loader(text):
         _one_line_user_error(exc)
     else:
         assert isinstance(spec, model_spec.ModelSpec)
+
+
+def test_error_messages_never_repr_a_whole_value():
+    # The path the alias bomb took: every type of a union tried, each error repr()ing the value.
+    from edge_runtime import schema
+    big = [[str(i)] * 10 for i in range(200_000)]
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        schema.build(config.Config, {"source": big, "top_k": 3})
+    assert time.monotonic() - t0 < 1.0
+    assert len(str(err.value)) < 150 and "\n" not in str(err.value), str(err.value)
+    assert "expected a string or null, got [['0', '0', '0', '0', ...], ['1', '1'," in str(err.value)
+    huge = int("f" * 6000, 16)          # str() of it raises ValueError (Python's digit limit)
+    assert schema.short(huge) == f"an integer of {huge.bit_length()} bits"
