@@ -37,12 +37,12 @@ def short(value: Any, limit: int = 60) -> str:
     """repr(value) cut to `limit` characters, one line. Errors show the value the user wrote; a
     repr of the whole value made a 333-byte YAML alias bomb write a 2 GB error line, and the repr of an
     integer of more than 4300 digits raises."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
     try:
         text = _REPR.repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
-    if isinstance(value, int) and not isinstance(value, bool) and len(text) > limit:
-        text = f"an integer of {value.bit_length()} bits"
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
