@@ -96,10 +96,13 @@ def read_bytes(path: str | os.PathLike, *, limit: int) -> bytes:
     except OSError as exc:
         raise UnsafeFile(f"cannot read it: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
-        kind = _kind(os.fstat(fd).st_mode)       # swapped after the stat above?
+        st = os.fstat(fd)
+        kind = _kind(st.st_mode)                 # swapped after the stat above?
         if kind:
             raise UnsafeFile(f"is {kind}, not a regular file")
-        data = f.read(limit + 1)
+        if st.st_size > limit:                   # refuse without reading it
+            raise UnsafeFile(f"is larger than {_size_text(limit)}, too large for this kind of file")
+        data = f.read(limit + 1)                 # + 1: a file that grew since fstat is caught too
     if len(data) > limit:
         raise UnsafeFile(f"is larger than {_size_text(limit)}, too large for this kind of file")
     return data

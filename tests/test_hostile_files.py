@@ -142,13 +142,16 @@ def test_pixel_limit_is_configurable(tiny_model, tmp_path):
     folder.mkdir()
     (folder / "small.png").write_bytes(small_image())                   # 64x48 = 3072 px
     (folder / "tiny.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    with open(folder / "z_sparse.png", "wb") as f:      # 4 MB of nothing: more bytes than 1000 px can need
+        f.truncate(4 << 20)
     config = tmp_path / "c.yaml"
     config.write_text("capture:\n  max_image_pixels: 1000\n")
     result, _ = run_measured("--config", config, "--model", tiny_model, "--source", folder, "--batch", "1")
     assert result.returncode == 0, result.stderr
     stats = final_stats(result.stdout)
-    assert stats["frames_processed"] == 1 and stats["frames_skipped"] == 1
+    assert stats["frames_processed"] == 1 and stats["frames_skipped"] == 2
     assert "small.png is 64x48 pixels, above the limit of 1000" in result.stderr
+    assert "z_sparse.png: is larger than 1 MB" in result.stderr
     config.write_text("capture:\n  max_image_pixels: 0\n")
     result, _ = run_measured("--config", config, "--model", tiny_model, "--source", folder, "--validate-config")
     assert result.returncode == 2 and "capture.max_image_pixels" in result.stderr
