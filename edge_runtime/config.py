@@ -1,6 +1,6 @@
 """The daemon's configuration: one typed tree, validated in one place.
 
-A YAML file (`--config`, always yaml.safe_load) holds everything the flags hold; flags override
+A YAML file (`--config`, safe YAML without aliases) holds everything the flags hold; flags override
 it. Unknown keys, wrong types and impossible values are refused before anything starts, naming
 the file, the key path and what was expected.
 """
@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
-from . import schema
+from . import safeio, schema
 from .addresses import parse_broker_url, parse_listen
 from .errors import ConfigError
 from .regions import RegionConfig, check_unique
-from .schema import Invalid, all_of, at_least, field, greater_than, one_of
+from .schema import Invalid, all_of, at_least, at_most, between, field, greater_than, one_of
 from .snapshots import SnapshotConfig
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,19 @@ DEFAULT_CONFIG_FILE = Path(__file__).parent / "data" / "config.yaml"
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    width: int | None = field(None, check=greater_than(0), help="frame size asked of a camera")
-    height: int | None = field(None, check=greater_than(0))
-    fps: float | None = field(None, check=greater_than(0))
-    timeout: float = field(5.0, check=greater_than(0), help="a capture slower than this counts as lost")
-    stall_timeout: float = field(10.0, check=greater_than(0),
+    width: int | None = field(None, check=between(1, 16384), help="frame size asked of a camera")
+    height: int | None = field(None, check=between(1, 16384))
+    fps: float | None = field(None, check=all_of(greater_than(0), at_most(1000)))
+    timeout: float = field(5.0, check=all_of(greater_than(0), at_most(3600)),
+                           help="a capture slower than this counts as lost")
+    stall_timeout: float = field(10.0, check=all_of(greater_than(0), at_most(3600)),
                                  help="no frame from a live source for this long: reopen it")
-    reconnect_initial_delay: float = field(0.5, check=greater_than(0))
-    reconnect_max_delay: float = field(30.0, check=greater_than(0))
+    reconnect_initial_delay: float = field(0.5, check=all_of(greater_than(0), at_most(3600)))
+    reconnect_max_delay: float = field(30.0, check=all_of(greater_than(0), at_most(3600)))
+    # 50 Mpx: a 12 Mpx camera photo fits 4x over; decoding one at the limit takes 150 MB (BGR), which a
+    # 1 GB board can spare, while a 1 MB PNG "bomb" of 30000x30000 would take 2.7 GB.
+    max_image_pixels: int = field(50_000_000, check=between(1, 1 << 30),
+                                  help="folder images with more pixels are skipped (counted), never decoded")
 
     def __post_init__(self):
         if (self.width is None) != (self.height is None):
@@ -70,7 +75,7 @@ def _listen(value: str) -> str | None:
 
 def _at_most(high: float):
     def check(value):
-        return None if value <= high else f"expected a number <= {high}, got {value!r}"
+        return None if value <= high else f"expected a number <= {high}, got {schema.short(value)}"
     return check
 
 
@@ -78,7 +83,7 @@ def _at_most(high: float):
 class PublishConfig:
     threshold: float = field(0.5, check=all_of(at_least(0), _at_most(1)),
                              help="the MQTT state topic changes only for a top-1 score at or above this")
-    min_frames: int = field(3, check=at_least(1), help="... for this many consecutive frames")
+    min_frames: int = field(3, check=between(1, 100_000), help="... for this many consecutive frames")
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,10 @@ class MqttConfig:
     retain_state: bool = field(True)
     ca_file: str | None = field(None, help="CA certificate(s) for mqtts:// (default: the system's)")
     client_id: str | None = field(None, help="default edge_runtime-<hostname>")
-    keepalive: int = field(30, check=at_least(5))
-    reconnect_min_delay: float = field(1.0, check=greater_than(0))
-    reconnect_max_delay: float = field(60.0, check=greater_than(0))
-    max_queued: int = field(1000, check=at_least(1), help="unsent messages held while the broker is away")
+    keepalive: int = field(30, check=between(5, 65535))
+    reconnect_min_delay: float = field(1.0, check=all_of(greater_than(0), at_most(3600)))
+    reconnect_max_delay: float = field(60.0, check=all_of(greater_than(0), at_most(3600)))
+    max_queued: int = field(1000, check=between(1, 100_000), help="unsent messages held while the broker is away")
     homeassistant: bool = field(False, help="publish Home Assistant MQTT discovery configs")
     discovery_prefix: str = field("homeassistant")
 
@@ -111,25 +116,26 @@ class HttpConfig:
                                help="[ADDRESS:]PORT; the address defaults to 127.0.0.1 (0.0.0.0: all interfaces)")
     mjpeg_fps: float = field(5.0, check=all_of(greater_than(0), _at_most(30)), help="live view frame rate")
     jpeg_quality: int = field(80, check=all_of(at_least(1), _at_most(100)))
-    unhealthy_after: float = field(30.0, check=greater_than(0),
+    unhealthy_after: float = field(30.0, check=all_of(greater_than(0), at_most(86400)),
                                    help="/healthz is 503 after this many seconds without frames or source")
-    max_connections: int = field(32, check=at_least(1))
+    max_connections: int = field(32, check=between(1, 1024))
     allowed_hosts: tuple[str, ...] = field((), help="extra Host names to serve (DNS names this device is reached by)")
 
 
 @dataclass(frozen=True)
 class Config:
     source: str | None = field(None, help="a source URI; see README")
-    camera: int | None = field(None, check=at_least(0), help="camera number: csi://N on a Pi, /dev/videoN elsewhere")
+    camera: int | None = field(None, check=between(0, 1023),
+                               help="camera number: csi://N on a Pi, /dev/videoN elsewhere")
     model: str = field(DEFAULT_MODEL)
     model_spec: dict | None = field(None, help="sidecar-format description for a model that has none")
-    threads: int = field(0, check=at_least(0), help="onnxruntime threads, 0 = all cores")
-    lanes: int = field(0, check=at_least(0), help="sessions on successive frames side by side, 0 = auto")
+    threads: int = field(0, check=between(0, 256), help="onnxruntime threads, 0 = all cores")
+    lanes: int = field(0, check=between(0, 64), help="sessions on successive frames side by side, 0 = auto")
     batch: int = field(0, check=all_of(at_least(0), _at_most(64)),
                        help="frames per inference for files, folders, unthrottled synthetic; 0 = auto")
-    top_k: int = field(5, check=at_least(1))
-    max_frames: int | None = field(None, check=at_least(1))
-    stats_interval: float = field(5.0, check=greater_than(0))
+    top_k: int = field(5, check=between(1, 1000))
+    max_frames: int | None = field(None, check=between(1, 10**12))
+    stats_interval: float = field(5.0, check=all_of(greater_than(0), at_most(86400)))
     loop: bool = field(False)
     realtime: bool = field(False)
     quiet_predictions: bool = field(False)
@@ -149,18 +155,15 @@ class Config:
 
 def _load_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safeio.read_text(path, limit=safeio.MAX_YAML_BYTES)    # regular file, bounded, UTF-8
     except FileNotFoundError:
         raise ConfigError("config file not found", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file: {getattr(exc, 'strerror', None) or exc}", file=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = safeio.load_yaml(text)        # safe_load without aliases, nesting bounded
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"not valid YAML{where}: {problem}", file=str(path)) from None
+        raise ConfigError(f"not valid YAML{safeio.yaml_problem(exc)}", file=str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

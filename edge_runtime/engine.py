@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import model_spec as ms
+from . import safeio
 from .errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Engine:
             raise ModelError(model_path, "file not found")
         if path.is_dir():
             raise ModelError(model_path, "is a folder, not an .onnx file")
+        _check_model_file(model_path)
         if path.stat().st_size == 0:
             raise ModelError(model_path, "file is empty (0 bytes)")
         options = session_options(self.threads, mem_pattern, spinning)
@@ -113,6 +115,7 @@ class Engine:
             except ConfigError as exc:
                 raise ModelError(model_path, f"its description is invalid: {exc}") from None
         self.spec = spec
+        _check_io_counts(self.session, model_path)
         self.input = self.session.get_inputs()[0]
         self.output = self.session.get_outputs()[0]
         self.num_outputs = self._check()
@@ -152,8 +155,12 @@ class Engine:
             else:
                 classes = -1
                 break
-        if classes == -1:
-            classes = self._probe_classes()
+        _check_input_size(self.path, self.input_shape(), self.input_dtype())
+        probed = self._probe_classes()
+        if classes != -1 and probed != classes:
+            raise ModelError(self.path, f"its output '{self.output.name}' declares {classes} values an image but "
+                             f"gives {probed} for a blank image")
+        classes = probed
         labels = self.spec.labels
         if labels is not None and classes != len(labels) + self.spec.label_offset:
             raise ModelError(self.path, f"the model has {classes} outputs but the labels ({self.spec.origin}) "
@@ -169,8 +176,25 @@ class Engine:
                 "colour, layout, dtype, mean/std, labels; README section 'Models and what they expect')")
 
     def _probe_classes(self) -> int:
-        out = self.run(np.zeros(self.input_shape(), dtype=self.input_dtype()))
-        return int(out.size)
+        """Run the model on a blank image (two, with a dynamic batch): what validation accepts must
+        not fail on the first frame. Returns the output's values per image."""
+        batch = 1 if isinstance(self.input.shape[0], int) else 2
+        blank = np.zeros((batch,) + self.input_shape()[1:], dtype=self.input_dtype())
+        try:
+            out = self.session.run([self.output.name], {self.input.name: blank})[0]
+        except MemoryError:
+            raise ModelError(self.path, "not enough memory to run it once on a blank image") from None
+        except Exception as exc:
+            raise ModelError(self.path, f"fails on a blank image: {ort_message(exc)[:200]}") from None
+        if batch > 1 and (out.ndim == 0 or out.shape[0] != batch):
+            # Declared shapes can be wrong either way; what the graph does on two images is what counts.
+            raise ModelError(self.path, f"its input '{self.input.name}' has a dynamic batch axis "
+                             f"({self.input.shape[0]}) but for {batch} images its output '{self.output.name}' has "
+                             f"shape {list(out.shape)}: export both with a dynamic batch, or both fixed at 1")
+        if out.size == 0 or out.size % batch:
+            raise ModelError(self.path, f"for {batch} image(s) its output '{self.output.name}' has shape "
+                             f"{list(out.shape)}; expected one row of class scores per image")
+        return int(out.size // batch)
 
     def input_shape(self) -> tuple[int, ...]:
         return self.spec.input.tensor_shape(1)
@@ -218,3 +242,31 @@ class Engine:
         if info.get("weights"):
             parts.append(f"weights: {info['weights']}")
         return ", ".join(parts)
+
+
+MAX_INPUT_BYTES = 256 << 20    # one input tensor; real classifiers take < 5 MB (600x600x3 float32 is 4.3 MB)
+
+
+def _check_model_file(model_path: str) -> None:
+    """Refuse, before onnxruntime opens it by name, a FIFO/device (blocks or never ends) or a name that
+    is not UTF-8 (onnxruntime's path argument cannot carry it)."""
+    if not safeio.utf8_name(model_path):
+        raise ModelError(safeio.display_path(model_path), "the file name is not valid UTF-8; rename the file")
+    try:
+        safeio.check_regular(model_path)
+    except OSError as exc:
+        raise ModelError(model_path, exc.strerror or str(exc)) from None
+
+
+def _check_io_counts(session, model_path: str) -> None:
+    if not session.get_inputs():
+        raise ModelError(model_path, "it has no input; expected one image tensor")
+    if not session.get_outputs():
+        raise ModelError(model_path, "it has no output; expected one tensor of class scores")
+
+
+def _check_input_size(model_path: str, shape: tuple[int, ...], dtype) -> None:
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size > MAX_INPUT_BYTES:
+        raise ModelError(model_path, f"its input {list(shape)} takes {size >> 20} MB a frame, more than the "
+                         f"{MAX_INPUT_BYTES >> 20} MB allowed; is the input size in its description right?")

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import schema
+from . import safeio, schema
 from .errors import ConfigError
-from .schema import Invalid, all_of, at_least, field, greater_than, length, one_of
+from .schema import Invalid, all_of, at_most, between, field, greater_than, length, one_of
 
 # onnx metadata_props keys. The spec itself is one JSON document so it cannot drift apart.
 METADATA_SPEC_KEY = "edge_runtime.spec"
@@ -51,8 +51,8 @@ def _positive_std(value):
 
 @dataclass(frozen=True)
 class InputSpec:
-    size: tuple[int, ...] = field((224, 224), check=length(2, greater_than(0)), help="H, W")
-    resize: int | None = field(None, check=greater_than(0), help="shorter side before centre crop")
+    size: tuple[int, ...] = field((224, 224), check=length(2, between(1, 8192)), help="H, W")
+    resize: int | None = field(None, check=between(1, 16384), help="shorter side before centre crop")
     color: str = field("rgb", check=one_of("rgb", "bgr"))
     layout: str = field("nchw", check=one_of("nchw", "nhwc"))
     dtype: str = field("float32", check=one_of("float32", "uint8"))
@@ -79,9 +79,9 @@ class SpecDocument:
     """The sidecar / metadata document as written by the user."""
     input: InputSpec = field(default_factory=InputSpec)
     labels: str | tuple[str, ...] | None = field(None, help="file relative to the YAML, or a list")
-    label_offset: int = field(0, check=at_least(0))
+    label_offset: int = field(0, check=between(0, 1_000_000))
     output: str = field("logits", check=one_of("logits", "probabilities"))
-    output_scale: float | None = field(None, check=greater_than(0))
+    output_scale: float | None = field(None, check=all_of(greater_than(0), at_most(1e6)))
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class ModelSpec:
 
 def read_labels(path: Path, *, file: str | None = None) -> tuple[str, ...]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safeio.read_text(path, limit=safeio.MAX_TEXT_BYTES)    # regular file, bounded, UTF-8
     except OSError as exc:
         raise ConfigError(f"cannot read labels file {path}: {exc.strerror or exc}", file=file, key="labels") from None
     labels = tuple(line.strip() for line in text.splitlines())
@@ -168,8 +168,8 @@ def from_metadata(props: dict[str, str], model_path: str) -> ModelSpec | None:
     if METADATA_SPEC_KEY not in props:
         return None
     try:
-        doc = json.loads(props[METADATA_SPEC_KEY])
-    except json.JSONDecodeError as exc:
+        doc = safeio.load_json(props[METADATA_SPEC_KEY])     # bounded size and depth
+    except ValueError as exc:
         raise ConfigError(f"metadata '{METADATA_SPEC_KEY}' is not valid JSON: {exc}", file=model_path) from None
     info = {k[len(METADATA_INFO_PREFIX):]: v for k, v in props.items()
             if k.startswith(METADATA_INFO_PREFIX) and k != METADATA_SPEC_KEY}
@@ -183,9 +183,9 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 def load_sidecar(path: Path) -> ModelSpec:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = safeio.load_yaml_file(path)       # regular file, bounded, UTF-8, no aliases, bounded depth
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
+        raise ConfigError(f"not valid YAML{safeio.yaml_problem(exc)}", file=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
     return from_document(doc, origin=str(path), base_dir=path.parent, file=str(path))

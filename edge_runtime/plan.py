@@ -63,7 +63,8 @@ def source_uri(cfg) -> str:
 def plan_run(cfg, uri: str) -> RunPlan:
     """What can be decided before the model is loaded."""
     options = SourceOptions(loop=cfg.loop, realtime=cfg.realtime, width=cfg.capture.width,
-                            height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout)
+                            height=cfg.capture.height, fps=cfg.capture.fps, timeout_s=cfg.capture.timeout,
+                            max_image_pixels=cfg.capture.max_image_pixels)
     problem = None
     try:
         live = open_source(uri, options).live        # made, not opened: no I/O

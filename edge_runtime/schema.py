@@ -9,6 +9,7 @@ model sidecars and ONNX metadata alike.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from typing import Any, Callable
@@ -25,23 +26,55 @@ def field(default: Any = dataclasses.MISSING, *, check: Callable[[Any], str | No
     return dataclasses.field(default=default, **kwargs)
 
 
+# --- short values in messages -----------------------------------------------------------------
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxtuple = 2, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 40, 40, 30
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters, one line. Errors show the value the user wrote; a
+    repr of the whole value made a 333-byte YAML alias bomb write a 2 GB error line, and the repr of an
+    integer of more than 4300 digits raises."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = _REPR.repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 # --- reusable checks -------------------------------------------------------------------------
 
 def one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value):
-        return None if value in choices else f"expected one of {', '.join(choices)}, got {value!r}"
+        return None if value in choices else f"expected one of {', '.join(choices)}, got {short(value)}"
     return check
 
 
 def at_least(low: float) -> Callable[[Any], str | None]:
     def check(value):
-        return None if value >= low else f"expected a number >= {low}, got {value!r}"
+        return None if value >= low else f"expected a number >= {low}, got {short(value)}"
     return check
+
+
+def at_most(high: float) -> Callable[[Any], str | None]:
+    def check(value):
+        return None if value <= high else f"expected a number <= {high}, got {short(value)}"
+    return check
+
+
+def between(low: float, high: float) -> Callable[[Any], str | None]:
+    """low <= value <= high. The upper bounds keep a value from overflowing later arithmetic (OpenCV's
+    int32 milliseconds, thread pools, MQTT's 16-bit keepalive)."""
+    return all_of(at_least(low), at_most(high))
 
 
 def greater_than(low: float) -> Callable[[Any], str | None]:
     def check(value):
-        return None if value > low else f"expected a number > {low}, got {value!r}"
+        return None if value > low else f"expected a number > {low}, got {short(value)}"
     return check
 
 
@@ -107,7 +140,7 @@ def _convert(tp: Any, value: Any, file: str | None, path: str) -> Any:
         for exc in errors:
             if exc.key != path:      # the right kind of container, wrong inside: that error names the key
                 raise exc
-        raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, key=path)
+        raise ConfigError(f"expected {_type_name(tp)}, got {short(value)}", file=file, key=path)
     if tp is type(None):
         if value is None:
             return None
@@ -142,7 +175,12 @@ def _convert(tp: Any, value: Any, file: str | None, path: str) -> Any:
                     for k, v in value.items()}
     elif tp is Any:
         return value
-    raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, key=path)
+    raise ConfigError(f"expected {_type_name(tp)}, got {short(value)}", file=file, key=path)
+
+
+def _key_text(key: Any) -> str:
+    """A key as it goes into a one-line message: plain if short and printable, else a short repr."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else short(key)
 
 
 def build(cls: type, data: Any, *, file: str | None = None, path: str = "") -> Any:
@@ -150,14 +188,14 @@ def build(cls: type, data: Any, *, file: str | None = None, path: str = "") -> A
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping, got {data!r}", file=file, key=path or None)
+        raise ConfigError(f"expected a mapping, got {short(data)}", file=file, key=path or None)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown key (known keys here: {known})", file=file,
-                              key=f"{path}.{key}" if path else str(key))
+                              key=f"{path}.{_key_text(key)}" if path else _key_text(key))
     values = {}
     for name, f in fields.items():
         key_path = f"{path}.{name}" if path else name

@@ -89,7 +89,7 @@ def test_names_unique_within_a_second_and_safe(tmp_path):
     again.start()
     assert again.submit(frame(64, 48), "../up", None, "x", WHEN) is None
     again.close()
-    assert not list(tmp_path.parent.glob("*up*"))
+    assert not list(tmp_path.parent.glob("up_x*")) and not list(tmp_path.parent.glob("*/up_x*"))
 
 
 def test_retention_by_count_keeps_the_newest(tmp_path):

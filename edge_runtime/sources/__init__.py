@@ -8,9 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
+from .. import safeio
 from ..errors import SourceError
 from .base import Frame, SkipFrame, Source, SourceLost
-from .folder import FolderSource
+from .folder import DEFAULT_MAX_PIXELS, FolderSource
 from .opencv import LiveCaptureSource, VideoFileSource, v4l2_device
 from .picamera import PiCameraSource, import_picamera2, isp_size
 from .synthetic import SyntheticSource, parse_size
@@ -28,6 +29,7 @@ class SourceOptions:
     timeout_s: float = 5.0              # a live capture that takes longer is treated as lost
     model_size: tuple[int, int] = (224, 224)
     model_resize: int | None = 256
+    max_image_pixels: int = DEFAULT_MAX_PIXELS   # folder images above this are skipped, never decoded
 
 
 def camera_uri(index: int, dt_model_path: str = "/proc/device-tree/model") -> str:
@@ -90,9 +92,22 @@ def open_source(uri: str, options: SourceOptions) -> Source:
     if scheme in ("", "file"):
         path = Path(parts.path if scheme == "file" else uri).expanduser()
         if path.is_dir():
-            return FolderSource(uri, path, loop=options.loop)
+            return FolderSource(uri, path, loop=options.loop, max_pixels=options.max_image_pixels)
         if not path.exists():
             raise SourceError(f"source {uri}: no such file or folder")
+        check_video_path(uri, path)
         return VideoFileSource(uri, path, loop=options.loop, realtime=options.realtime)
     raise SourceError(f"source {uri}: unknown scheme '{scheme}' (use csi://N, /dev/videoN, v4l2://, "
                       "a file or folder path, file://, rtsp://, http:// or synthetic://WxH)")
+
+
+def check_video_path(uri: str, path: Path) -> None:
+    """Refuse, before OpenCV sees it, a video path it would crash on (a name that is not UTF-8) or
+    block on forever (a FIFO, /dev/zero, a socket)."""
+    if not safeio.utf8_name(path):
+        raise SourceError(f"source {safeio.display_path(uri)}: the file name is not valid UTF-8, which OpenCV "
+                          "cannot open; rename the file")
+    try:
+        safeio.check_regular(path)
+    except OSError as exc:
+        raise SourceError(f"source {safeio.display_path(uri)}: {exc.strerror or exc}") from None
