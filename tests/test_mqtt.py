@@ -271,6 +271,10 @@ def test_tls_with_password_and_a_refused_login(tmp_path, caplog):
     with pytest.raises(UserError, match="ca_file"):
         MqttSink(_Cfg("mqtts://127.0.0.1:1/x", ca_file=str(d / "missing.pem")), config_mod.PublishConfig()).start(
             SinkContext())
+    os.mkfifo(d / "fifo.pem")
+    with pytest.raises(UserError, match="ca_file .*fifo.pem: cannot load it: is a named pipe"):
+        MqttSink(_Cfg("mqtts://127.0.0.1:1/x", ca_file=str(d / "fifo.pem")), config_mod.PublishConfig()).start(
+            SinkContext())
 
 
 # --- the daemon end to end ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from ..addresses import BrokerUrl, default_prefix, hostname, parse_broker_url, r
 from ..jsonline import dumps
 from ..errors import UserError
 from ..ratelimit import RateLimited
+from ..safeio import check_regular
 from .base import Sink
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ class MqttSink(Sink):
             client.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
             try:
+                if cfg.ca_file is not None:
+                    check_regular(cfg.ca_file)      # a FIFO or a device would block inside ssl for ever
                 client.tls_set(ca_certs=cfg.ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise UserError(f"mqtt.ca_file {cfg.ca_file}: cannot load it: "
