@@ -327,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3,
                     help="rounds of bare + daemon runs; the ratio is best daemon round / best bare round")
     ap.add_argument("--no-sweep", action="store_true", help="skip the thread sweep")
+    ap.add_argument("--regions", type=int, metavar="N",
+                    help="instead: the cost of N regions (one model) - the daemon classifying N regions of each "
+                         "video frame against bare session.run at batch N, in alternating rounds")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
     return ap
 
@@ -362,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         v = result["video"]
         print(f"video: {'generated ' if v['generated'] else ''}{v['path']} ({v['codec']}, "
               f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
+        if args.regions:
+            result["regions"] = regions_bench(args, threads, video, tmp_dir)
+            return write_results(result, out_dir, chart_too=False)
         plan = daemon_plan(args.model, threads, f"synthetic://{width}x{height}")
         result["lanes"], result["batch"] = plan.lanes, plan.batch
         sources = {"synthetic": (f"synthetic://{width}x{height}",), "video": (str(video), "--loop")}
@@ -379,13 +385,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8:
             result["int8"] = int8_compare(args, threads, width, height, result["bare"]["fps"], tmp_dir)
         result["thread_sweep"] = [] if args.no_sweep else thread_sweep(args, width, height, tmp_dir)
+    return write_results(result, out_dir)
 
+
+def write_results(result: dict, out_dir: Path, chart_too: bool = True) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = out_dir / f"bench-{stamp}.json"
-    png_path = out_dir / f"bench-{stamp}.png"
     json_path.write_text(json.dumps(result, indent=1))
-    chart(result, png_path)
-    print(f"wrote {json_path} and {png_path}")
+    if chart_too:
+        png_path = out_dir / f"bench-{stamp}.png"
+        chart(result, png_path)
+        print(f"wrote {json_path} and {png_path}")
+    else:
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -513,3 +525,48 @@ def thread_sweep(args, width: int, height: int, tmp_dir: Path) -> list[dict]:
                       "ratio": round(run["fps"] / bare["fps"], 3)})
         print(f"threads {n}: bare {bare['fps']:.1f} fps, daemon {run['fps']:.1f} fps ({sweep[-1]['ratio']:.3f}x)")
     return sweep
+
+
+REGIONS_TARGET = 1.1     # N regions may cost at most N x (bare batch-N cost per image) + 10%
+
+
+def region_flags(n: int) -> list[str]:
+    """N regions side by side, as vertical strips covering the frame."""
+    flags: list[str] = []
+    for i in range(n):
+        flags += ["--region", f"r{i}={i / n:.6f},0,{1 / n:.6f},1"]
+    return flags
+
+
+def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
+    """The daemon on the video with N regions of one model (N crops per frame, one session.run per frame
+    when the batch axis is dynamic) against bare session.run at batch N, in alternating rounds. Its cost
+    per frame is compared with N x the bare per-image cost at batch N (a model with a fixed batch: N
+    bare runs of one); the target is at most 10% more."""
+    n = args.regions
+    if not 1 <= n <= 64:
+        raise SystemExit("--regions: expected 1 to 64")
+    dynamic = Engine(args.model, 1).batch_axis_dynamic
+    bare_batch = n if dynamic else 1
+    rounds = []
+    for r in range(args.repeats):
+        bare = bare_session(args.model, threads, args.seconds, batch=bare_batch)
+        run = daemon_run(args.model, threads, str(video), "--loop", *region_flags(n), max_frames=args.frames,
+                         out_dir=tmp_dir)
+        rounds.append((bare, run))
+        print(f"round {r + 1}/{args.repeats}: bare batch {bare_batch} {bare['fps']:.1f} images/s; daemon with "
+              f"{n} regions {run['fps']:.1f} frames/s")
+    bare = max((b for b, _ in rounds), key=lambda b: b["fps"])
+    run = max((d for _, d in rounds), key=lambda d: d["fps"])
+    bare_frame_ms = n * 1000.0 / bare["fps"]            # N images at the bare per-image cost
+    daemon_frame_ms = 1000.0 / run["fps"]
+    out = {"regions": n, "batch_axis_dynamic": dynamic, "bare": bare, "daemon": run,
+           "bare_ms_per_frame": round(bare_frame_ms, 4), "daemon_ms_per_frame": round(daemon_frame_ms, 4),
+           "cost_ratio": round(daemon_frame_ms / bare_frame_ms, 3), "target_ratio": REGIONS_TARGET,
+           "fps_rounds": [[b["fps"], d["fps"]] for b, d in rounds]}
+    out["meets_target"] = out["cost_ratio"] <= REGIONS_TARGET
+    print(f"{n} regions: the daemon takes {daemon_frame_ms:.3f} ms a frame ({run['fps']:.1f} frames/s, "
+          f"{run['prediction_lines']} region records); bare session.run at batch {bare_batch}: "
+          f"{bare_frame_ms:.3f} ms for {n} images. Cost ratio {out['cost_ratio']:.3f} (target <= "
+          f"{REGIONS_TARGET}: {'met' if out['meets_target'] else 'NOT met'}); cpu {run['cpu_cores_used']} cores")
+    return out
