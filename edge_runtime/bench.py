@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {args.model} not found; make one: python models/export.py --arch small --weights random "
               f"--output {args.model}", file=sys.stderr)
         return 2
+    if args.regions is not None and not 1 <= args.regions <= 64:
+        print(f"--regions: expected 1 to 64, got {args.regions}", file=sys.stderr)
+        return 2
     width, height = (int(v) for v in args.size.split("x"))
     threads = args.threads or os.cpu_count() or 1
     out_dir = Path(args.out)
@@ -544,8 +547,6 @@ def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
     per frame is compared with N x the bare per-image cost at batch N (a model with a fixed batch: N
     bare runs of one); the target is at most 10% more."""
     n = args.regions
-    if not 1 <= n <= 64:
-        raise SystemExit("--regions: expected 1 to 64")
     dynamic = Engine(args.model, 1).batch_axis_dynamic
     bare_batch = n if dynamic else 1
     rounds = []

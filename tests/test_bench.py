@@ -94,3 +94,6 @@ def test_bench_regions_compares_with_bare_batch_n(tiny_model, video_file, tmp_pa
     assert regions["cost_ratio"] == round(regions["daemon_ms_per_frame"] / regions["bare_ms_per_frame"], 3)
     assert regions["meets_target"] == (regions["cost_ratio"] <= 1.1)
     assert f"Cost ratio {regions['cost_ratio']:.3f} (target <= 1.1: " in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model), "--regions", "0"],
+                         cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--regions: expected 1 to 64, got 0" in bad.stderr

@@ -307,7 +307,9 @@ class HttpSink(Sink):
     def watch_route(self, path: str) -> tuple[int, bytes, str] | None:
         """(status, body, content type) for /events and /snapshots/<file>; None for other paths."""
         if path == "/events":
-            return 200, (dumps(list(reversed(self._events))) + "\n").encode(), "application/json"
+            events = list(self._events)         # a copy first: the publisher appends meanwhile
+            events.reverse()
+            return 200, (dumps(events) + "\n").encode(), "application/json"
         if not path.startswith("/snapshots/"):
             return None
         reader = self.context.snapshot_reader
