@@ -14,6 +14,10 @@ overhead once for N frames (measured, docs/BENCHMARKS.md). How many lanes, threa
 inference is decided once, in plan.py. Live sources default to one lane with all threads and one
 frame per inference (lowest latency on the newest frame).
 
+With regions (watch.py), a lane classifies each frame's regions instead of the frame: one run per model
+and frame (its RegionGroups), a top-k per region; the publisher then writes a record per region and feeds
+the regions' states in frame order, and the events go to the sinks.
+
 The main thread supervises: stats lines, stall detection of the capture thread, shutdown. Health
 for /healthz is judged in health.py from what the pipeline observes.
 """

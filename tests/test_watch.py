@@ -122,6 +122,28 @@ snapshots: {{dir: snaps, max_files: 2}}
     assert "2 region(s): feeder" in result.stderr and "event: door changed from" in result.stderr
 
 
+def test_folder_source_regions_give_each_photos_top1(fixtures, tmp_path):
+    """A folder holding one tiled picture (hot dog | coffee, PNG): each half's region gives its photo's own
+    expected top-1 through the daemon's folder source."""
+    expected = json.loads((fixtures / "expected.json").read_text())["models"][MODEL]
+    hot_dog, coffee = photo(fixtures, "hot_dog.jpg"), photo(fixtures, "coffee.png")
+    height, width = max(hot_dog.shape[0], coffee.shape[0]), hot_dog.shape[1] + coffee.shape[1]
+    canvas = np.zeros((height, width, 3), np.uint8)
+    canvas[:hot_dog.shape[0], :hot_dog.shape[1]] = hot_dog
+    canvas[:coffee.shape[0], hot_dog.shape[1]:] = coffee
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / "tiled.png"), canvas)
+    split = hot_dog.shape[1] / width
+    result = run_daemon("--model", model_path(fixtures), "--source", tmp_path / "frames", "--top-k", "1",
+                        "--region", f"left=0,0,{split},{hot_dog.shape[0] / height}",
+                        "--region", f"right={split},0,{1 - split},{coffee.shape[0] / height}")
+    assert result.returncode == 0, result.stderr
+    tops = {p["region"]: p["top"][0] for p in result.predictions}
+    assert all(p["path"].endswith("tiled.png") for p in result.predictions) and len(result.predictions) == 2
+    for region, name in (("left", "hot_dog.jpg"), ("right", "coffee.png")):
+        assert (tops[region]["index"], tops[region]["label"]) == (expected[name]["top1"], expected[name]["label"])
+
+
 @contextlib.contextmanager
 def read_only_folder(path: Path):
     """A folder nobody can write into, root included: chattr +i where the file system allows it, else (not
