@@ -218,7 +218,7 @@ def build_daemon(cfg, plan, engine, region_engines=None):
 
 
 def build_watch(cfg, plan, sinks, stats, region_engines: dict):
-    """States, events and snapshots (watch.py), and each lane's region groups (warmed up), or None."""
+    """States, events and snapshots (watch.py), and each lane's region groups (warmed up; None without regions)."""
     from .snapshots import SnapshotWriter
     from .watch import Watch, lane_groups
 
