@@ -542,32 +542,37 @@ def region_flags(n: int) -> list[str]:
 
 
 def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
-    """The daemon on the video with N regions of one model (N crops per frame, one session.run per frame
-    when the batch axis is dynamic) against bare session.run at batch N, in alternating rounds. Its cost
-    per frame is compared with N x the bare per-image cost at batch N (a model with a fixed batch: N
-    bare runs of one); the target is at most 10% more."""
+    """The daemon with N regions of one model (N crops per frame, one session.run per frame when the
+    batch axis is dynamic) against bare session.run at batch N, in alternating rounds, on synthetic
+    frames (no decoding: what the regions themselves cost; the target applies here) and on the video
+    (decoding included). A frame's cost is compared with N x the bare per-image cost at batch N (a
+    model with a fixed batch: N bare runs of one); the target is at most 10% more."""
     n = args.regions
     dynamic = Engine(args.model, 1).batch_axis_dynamic
     bare_batch = n if dynamic else 1
-    rounds = []
+    sources = {"synthetic": (f"synthetic://{args.size}",), "video": (str(video), "--loop")}
+    bares, runs = [], {name: [] for name in sources}
     for r in range(args.repeats):
-        bare = bare_session(args.model, threads, args.seconds, batch=bare_batch)
-        run = daemon_run(args.model, threads, str(video), "--loop", *region_flags(n), max_frames=args.frames,
-                         out_dir=tmp_dir)
-        rounds.append((bare, run))
-        print(f"round {r + 1}/{args.repeats}: bare batch {bare_batch} {bare['fps']:.1f} images/s; daemon with "
-              f"{n} regions {run['fps']:.1f} frames/s")
-    bare = max((b for b, _ in rounds), key=lambda b: b["fps"])
-    run = max((d for _, d in rounds), key=lambda d: d["fps"])
+        bares.append(bare_session(args.model, threads, args.seconds, batch=bare_batch))
+        for name, (source, *extra) in sources.items():
+            runs[name].append(daemon_run(args.model, threads, source, *extra, *region_flags(n),
+                                         max_frames=args.frames, out_dir=tmp_dir))
+        print(f"round {r + 1}/{args.repeats}: bare batch {bare_batch} {bares[-1]['fps']:.1f} images/s; daemon "
+              f"with {n} regions " + ", ".join(f"{k} {v[-1]['fps']:.1f} frames/s" for k, v in runs.items()))
+    bare = max(bares, key=lambda b: b["fps"])
     bare_frame_ms = n * 1000.0 / bare["fps"]            # N images at the bare per-image cost
-    daemon_frame_ms = 1000.0 / run["fps"]
-    out = {"regions": n, "batch_axis_dynamic": dynamic, "bare": bare, "daemon": run,
-           "bare_ms_per_frame": round(bare_frame_ms, 4), "daemon_ms_per_frame": round(daemon_frame_ms, 4),
-           "cost_ratio": round(daemon_frame_ms / bare_frame_ms, 3), "target_ratio": REGIONS_TARGET,
-           "fps_rounds": [[b["fps"], d["fps"]] for b, d in rounds]}
-    out["meets_target"] = out["cost_ratio"] <= REGIONS_TARGET
-    print(f"{n} regions: the daemon takes {daemon_frame_ms:.3f} ms a frame ({run['fps']:.1f} frames/s, "
-          f"{run['prediction_lines']} region records); bare session.run at batch {bare_batch}: "
-          f"{bare_frame_ms:.3f} ms for {n} images. Cost ratio {out['cost_ratio']:.3f} (target <= "
-          f"{REGIONS_TARGET}: {'met' if out['meets_target'] else 'NOT met'}); cpu {run['cpu_cores_used']} cores")
+    out = {"regions": n, "batch_axis_dynamic": dynamic, "bare": dict(bare, fps_rounds=[b["fps"] for b in bares]),
+           "bare_ms_per_frame": round(bare_frame_ms, 4), "target_ratio": REGIONS_TARGET}
+    for name, got in runs.items():
+        best = max(got, key=lambda d: d["fps"])
+        frame_ms = 1000.0 / best["fps"]
+        out[name] = dict(best, ms_per_frame=round(frame_ms, 4), cost_ratio=round(frame_ms / bare_frame_ms, 3),
+                         fps_rounds=[d["fps"] for d in got])
+        print(f"{n} regions on {name}: the daemon takes {frame_ms:.3f} ms a frame ({best['fps']:.1f} frames/s, "
+              f"{best['prediction_lines']} region records, cpu {best['cpu_cores_used']} cores); bare session.run "
+              f"at batch {bare_batch}: {bare_frame_ms:.3f} ms for {n} images. Cost ratio "
+              f"{out[name]['cost_ratio']:.3f} (best rounds)")
+    out["meets_target"] = out["synthetic"]["cost_ratio"] <= REGIONS_TARGET
+    print(f"target: N regions cost at most N x the bare batch-{bare_batch} cost per image + 10% (ratio <= "
+          f"{REGIONS_TARGET}, without decoding): {'met' if out['meets_target'] else 'NOT met'}")
     return out
