@@ -139,6 +139,10 @@ def test_http_events_and_snapshots(watched, tmp_path):
     regions = json.loads(body)["regions"]
     assert [(r["name"], r["box"]) for r in regions] == [("feeder", FEEDER_BOX), ("door", DOOR_BOX)]
     assert all(r["state"] and r["label"] for r in regions)
+    metrics = get(base + "/metrics")[2].decode()
+    assert 'edge_runtime_region_state_changes_total{region="feeder"} 1.0' in metrics
+    assert 'edge_runtime_region_frames_total{region="door"}' in metrics
+    assert "edge_runtime_snapshots_written_total" in metrics
 
 
 def test_live_page_shows_region_boxes_and_events(watched, tmp_path):
