@@ -148,6 +148,8 @@ def load_region_models(plan: RunPlan, cfg, engine: Engine) -> tuple[RunPlan, dic
     the regions of one frame are the batch. Without regions: the plan unchanged, no engines."""
     if not cfg.regions:
         return plan, {}
+    if cfg.batch > 1:
+        log.info("batch %d applies to whole frames; with regions, the regions of one frame are the batch", cfg.batch)
     engines: dict[str, Engine] = {cfg.model: engine}
     for region in cfg.regions:
         model = region.model or cfg.model

@@ -42,9 +42,10 @@ class Watch:
         self._show()
 
     def close(self) -> None:
-        """Write the snapshots still queued (bounded wait), stop the writer thread."""
+        """Write the snapshots still queued, stop the writer thread. Bounded: SIGTERM must still end the
+        daemon within 2 s, however slow the disk."""
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(timeout=1.0)
 
     def frame_done(self, frame: Frame, tops: Mapping[str, list]) -> None:
         """One published frame's top-k per region name, in frame order (the publisher's lock is held)."""
