@@ -274,8 +274,9 @@ ensure_dirs() {
     run install -d -m 0750 -o root -g "$SERVICE_USER" "$MODEL_DIR"
 }
 
-# The default config as installed: the model at its installed path, and camera 0 instead of the test
-# pattern (camera 0 is the Pi camera on a Pi, /dev/video0 elsewhere).
+# The default config as installed: the model at its installed path, camera 0 instead of the test
+# pattern (camera 0 is the Pi camera on a Pi, /dev/video0 elsewhere), and event snapshots on, in the
+# state directory (the unit's StateDirectory=, the one place the service may write).
 render_config() {
     local default=$SRC_DIR/edge_runtime/data/config.yaml
     printf '# Installed by install.sh from edge_runtime/data/config.yaml. Edit it, then apply with:\n'
@@ -286,7 +287,7 @@ render_config() {
         sed -e "s|^model:.*|model: $MODEL_FILE|" -e 's|^source:|# source:|' -e 's|^# camera: 0|camera: 0|' "$default"
     else
         sed -e "s|^model:.*|model: $MODEL_FILE|" "$default"
-    fi
+    fi | sed -e 's|^# snapshots:$|snapshots:|' -e "s|^#   dir: $STATE_DIR/snapshots\$|  dir: $STATE_DIR/snapshots|"
 }
 
 install_config() {
@@ -299,6 +300,7 @@ install_config() {
         tmp=$(mktemp "$CONFIG_DIR/.config.yaml.XXXXXX")
         render_config >"$tmp"
         grep -qx "model: $MODEL_FILE" "$tmp" || warn "could not set model: in $CONFIG_FILE.default; set it by hand"
+        grep -qx "  dir: $STATE_DIR/snapshots" "$tmp" || warn "could not set snapshots.dir in $CONFIG_FILE.default"
         chown "root:$SERVICE_USER" "$tmp"
         chmod 0640 "$tmp"
         mv -f "$tmp" "$CONFIG_FILE.default"

@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3,
                     help="rounds of bare + daemon runs; the ratio is best daemon round / best bare round")
     ap.add_argument("--no-sweep", action="store_true", help="skip the thread sweep")
+    ap.add_argument("--regions", type=int, metavar="N",
+                    help="instead: the cost of N regions (one model) - the daemon classifying N regions of each "
+                         "video frame against bare session.run at batch N, in alternating rounds")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
     return ap
 
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {args.model} not found; get one: python -m edge_runtime fetch-model --output {args.model} "
               "(add --untrained offline: speed is the same)", file=sys.stderr)
         return 2
+    if args.regions is not None and not 1 <= args.regions <= 64:
+        print(f"--regions: expected 1 to 64, got {args.regions}", file=sys.stderr)
+        return 2
     width, height = (int(v) for v in args.size.split("x"))
     threads = args.threads or os.cpu_count() or 1
     out_dir = Path(args.out)
@@ -387,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         v = result["video"]
         print(f"video: {'generated ' if v['generated'] else ''}{v['path']} ({v['codec']}, "
               f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
+        if args.regions:
+            result["regions"] = regions_bench(args, threads, video, tmp_dir)
+            return write_results(result, out_dir, chart_too=False)
         plan, engine = daemon_plan(args.model, threads, f"synthetic://{width}x{height}")
         result["lanes"], result["batch"] = plan.lanes, plan.batch
         result["untrained"] = engine.spec.untrained
@@ -409,13 +418,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8:
             result["int8"] = int8_compare(args, threads, width, height, result["bare"]["fps"], tmp_dir)
         result["thread_sweep"] = [] if args.no_sweep else thread_sweep(args, width, height, tmp_dir)
+    return write_results(result, out_dir)
 
+
+def write_results(result: dict, out_dir: Path, chart_too: bool = True) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = out_dir / f"bench-{stamp}.json"
-    png_path = out_dir / f"bench-{stamp}.png"
     json_path.write_text(json.dumps(result, indent=1))
-    chart(result, png_path)
-    print(f"wrote {json_path} and {png_path}")
+    if chart_too:
+        png_path = out_dir / f"bench-{stamp}.png"
+        chart(result, png_path)
+        print(f"wrote {json_path} and {png_path}")
+    else:
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -543,3 +558,51 @@ def thread_sweep(args, width: int, height: int, tmp_dir: Path) -> list[dict]:
                       "ratio": round(run["fps"] / bare["fps"], 3)})
         print(f"threads {n}: bare {bare['fps']:.1f} fps, daemon {run['fps']:.1f} fps ({sweep[-1]['ratio']:.3f}x)")
     return sweep
+
+
+REGIONS_TARGET = 1.1     # N regions may cost at most N x (bare batch-N cost per image) + 10%
+
+
+def region_flags(n: int) -> list[str]:
+    """N regions side by side, as vertical strips covering the frame."""
+    flags: list[str] = []
+    for i in range(n):
+        flags += ["--region", f"r{i}={i / n:.6f},0,{1 / n:.6f},1"]
+    return flags
+
+
+def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
+    """The daemon with N regions of one model (N crops per frame, one session.run per frame when the
+    batch axis is dynamic) against bare session.run at batch N, in alternating rounds, on synthetic
+    frames (no decoding: what the regions themselves cost; the target applies here) and on the video
+    (decoding included). A frame's cost is compared with N x the bare per-image cost at batch N (a
+    model with a fixed batch: N bare runs of one); the target is at most 10% more."""
+    n = args.regions
+    dynamic = Engine(args.model, 1).batch_axis_dynamic
+    bare_batch = n if dynamic else 1
+    sources = {"synthetic": (f"synthetic://{args.size}",), "video": (str(video), "--loop")}
+    bares, runs = [], {name: [] for name in sources}
+    for r in range(args.repeats):
+        bares.append(bare_session(args.model, threads, args.seconds, batch=bare_batch))
+        for name, (source, *extra) in sources.items():
+            runs[name].append(daemon_run(args.model, threads, source, *extra, *region_flags(n),
+                                         max_frames=args.frames, out_dir=tmp_dir))
+        print(f"round {r + 1}/{args.repeats}: bare batch {bare_batch} {bares[-1]['fps']:.1f} images/s; daemon "
+              f"with {n} regions " + ", ".join(f"{k} {v[-1]['fps']:.1f} frames/s" for k, v in runs.items()))
+    bare = max(bares, key=lambda b: b["fps"])
+    bare_frame_ms = n * 1000.0 / bare["fps"]            # N images at the bare per-image cost
+    out = {"regions": n, "batch_axis_dynamic": dynamic, "bare": dict(bare, fps_rounds=[b["fps"] for b in bares]),
+           "bare_ms_per_frame": round(bare_frame_ms, 4), "target_ratio": REGIONS_TARGET}
+    for name, got in runs.items():
+        best = max(got, key=lambda d: d["fps"])
+        frame_ms = 1000.0 / best["fps"]
+        out[name] = dict(best, ms_per_frame=round(frame_ms, 4), cost_ratio=round(frame_ms / bare_frame_ms, 3),
+                         fps_rounds=[d["fps"] for d in got])
+        print(f"{n} regions on {name}: the daemon takes {frame_ms:.3f} ms a frame ({best['fps']:.1f} frames/s, "
+              f"{best['prediction_lines']} region records, cpu {best['cpu_cores_used']} cores); bare session.run "
+              f"at batch {bare_batch}: {bare_frame_ms:.3f} ms for {n} images. Cost ratio "
+              f"{out[name]['cost_ratio']:.3f} (best rounds)")
+    out["meets_target"] = out["synthetic"]["cost_ratio"] <= REGIONS_TARGET
+    print(f"target: N regions cost at most N x the bare batch-{bare_batch} cost per image + 10% (ratio <= "
+          f"{REGIONS_TARGET}, without decoding): {'met' if out['meets_target'] else 'NOT met'}")
+    return out

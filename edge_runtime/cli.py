@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="ADDR",
                    help="serve a live view, /metrics, /healthz, /latest and /snapshot.jpg on [ADDRESS:]PORT "
                         "(address default 127.0.0.1; 0.0.0.0:8080 for all interfaces)")
+    p.add_argument("--region", action="append", metavar="NAME=X,Y,W,H",
+                   help="watch a region (repeatable): x, y, width, height as fractions of the frame, classified "
+                        "with the top-level model; replaces the config's regions: list")
     p.add_argument("--validate-config", action="store_true",
                    help="check the config, model and source string, print the result, exit")
     p.add_argument("--version", action="version", version=f"edge_runtime {__version__}")
@@ -84,8 +87,24 @@ def setup_logging(level: str) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, dest) for dest, (key, _flag) in FLAG_KEYS.items()
-            if getattr(args, dest, None) is not None}
+    overrides = {key: getattr(args, dest) for dest, (key, _flag) in FLAG_KEYS.items()
+                 if getattr(args, dest, None) is not None}
+    if getattr(args, "region", None):
+        overrides["regions"] = region_flags(args.region)
+    return overrides
+
+
+def region_flags(texts: list[str]) -> list[dict]:
+    """`--region` values as config entries; ConfigError (command line, --region) for a bad or repeated one."""
+    from .errors import ConfigError
+    from .regions import parse_region_flag
+
+    regions = [parse_region_flag(text) for text in texts]
+    names = [r.name for r in regions]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"duplicate region name {name!r}", file="command line", key="--region")
+    return [{"name": r.name, "box": list(r.box)} for r in regions]
 
 
 def warn_untrained(engine) -> None:
@@ -135,7 +154,7 @@ def install_signal_handlers() -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from .plan import load_model, plan_run, source_uri
+    from .plan import load_model, load_region_models, plan_run, source_uri
 
     from .reload import Reloader
 
@@ -149,13 +168,15 @@ def run_daemon(args: argparse.Namespace) -> int:
     setup_logging(cfg.log.level)
     plan = plan_run(cfg, source_uri(cfg))
     plan, engine = load_model(plan, cfg, args.config)
+    plan, region_engines = load_region_models(plan, cfg, engine)
     if args.validate_config:
-        print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}")
+        regions = f"; {len(cfg.regions)} region(s)" if cfg.regions else ""
+        print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}{regions}")
         return EXIT_OK
-    pipeline, sinks = build_daemon(cfg, plan, engine)
-    del engine      # the lanes hold it: a reload must be able to let it go
+    pipeline, sinks, watch = build_daemon(cfg, plan, engine, region_engines)
+    del engine, region_engines      # the lanes hold them: a reload must be able to let them go
     reloader = Reloader(load_config, cfg, plan, pipeline, sinks, pipeline.stats, pipeline.notifier,
-                        apply_log_level=setup_logging)
+                        watch=watch, apply_log_level=setup_logging)
     reloader.requested = RELOAD
     reloader.start()
     log.info("source: %s (%s); ready in %.2f s", plan.display_uri, "live" if plan.live else "frame by frame",
@@ -172,8 +193,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_daemon(cfg, plan, engine):
-    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the sinks."""
+def build_daemon(cfg, plan, engine, region_engines=None):
+    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it, the sinks and the watch."""
     import cv2
 
     from .notify import Notifier
@@ -204,13 +225,33 @@ def build_daemon(cfg, plan, engine):
                               batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay)
+    watch, groups = build_watch(cfg, plan, sinks, stats, region_engines or {})
     pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.display_uri,
-                        stop=STOP, notifier=Notifier(), stats=stats)
+                        stop=STOP, notifier=Notifier(), stats=stats, watch=watch, region_groups=groups)
     context = SinkContext(stats=stats, stop=STOP, live=plan.live, model_info=info,
-                          health=pipeline.health)
+                          health=pipeline.health, regions=cfg.regions,
+                          snapshot_reader=watch.writer.read if watch.writer else None)
     for sink in sinks:
         sink.start(context)
-    return pipeline, sinks
+    watch.start()
+    return pipeline, sinks, watch
+
+
+def build_watch(cfg, plan, sinks, stats, region_engines: dict):
+    """States, events and snapshots (watch.py), and each lane's region groups (warmed up; None without regions)."""
+    from .snapshots import SnapshotWriter
+    from .watch import Watch, lane_groups
+
+    writer = SnapshotWriter.from_config(cfg.snapshots, stats=stats)
+    watch = Watch(cfg.regions, cfg.publish, sinks, writer, stats)
+    if not cfg.regions:
+        return watch, None
+    groups = lane_groups(cfg.regions, cfg.model, region_engines, plan.lanes, cfg.top_k)
+    warm = {id(g.engine): g for lane in groups for g in lane}      # each session once, at its regions' batch
+    for group in warm.values():
+        group.engine.warm_up(batch=len(group.tensor))
+    log.info("%d region(s): %s", len(cfg.regions), ", ".join(f"{r.name} {list(r.box)}" for r in cfg.regions))
+    return watch, groups
 
 
 def _silence_stdout() -> None:

@@ -186,25 +186,39 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
 # One rule for relative paths, applied once, here: a path written in a config file is relative to
 # that file's folder; a path given on the command line, to the current directory. (A source is a URI,
 # not a path: `source:` is taken as written.)
-PATH_KEYS = ("model", "model_spec.labels", "mqtt.ca_file")
+# `list[].key`: that key of every mapping in the list.
+PATH_KEYS = ("model", "model_spec.labels", "mqtt.ca_file", "regions[].model", "snapshots.dir")
+
+
+def _path_nodes(data: dict, parents: list[str]) -> list:
+    """The mappings that hold a PATH_KEYS leaf (a `name[]` part fans out over a list's items)."""
+    nodes: list = [data]
+    for part in parents:
+        many = part.endswith("[]")
+        key = part[:-2] if many else part
+        children = [n.get(key) if isinstance(n, dict) else None for n in nodes]
+        nodes = [item for c in children if isinstance(c, list) for item in c] if many else children
+    return nodes
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
     for dotted in PATH_KEYS:
         *parents, leaf = dotted.split(".")
-        node: Any = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        value = node.get(leaf) if isinstance(node, dict) else None
-        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
-            continue
-        resolved = base / Path(value).expanduser()
-        if dotted == "model" and not resolved.exists() and Path(value).exists():
-            # Before this rule, `model:` was relative to the working directory: keep such configs working.
-            log.warning("config: model %s is not in the config's folder %s; using ./%s from the working "
-                        "directory (write an absolute path, or one relative to the config file)", value, base, value)
-            continue
-        node[leaf] = str(resolved)
+        for node in _path_nodes(data, parents):
+            _resolve_one(node, leaf, dotted, base)
+
+
+def _resolve_one(node: Any, leaf: str, dotted: str, base: Path) -> None:
+    value = node.get(leaf) if isinstance(node, dict) else None
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return
+    resolved = base / Path(value).expanduser()
+    if dotted == "model" and not resolved.exists() and Path(value).exists():
+        # Before this rule, `model:` was relative to the working directory: keep such configs working.
+        log.warning("config: model %s is not in the config's folder %s; using ./%s from the working "
+                    "directory (write an absolute path, or one relative to the config file)", value, base, value)
+        return
+    node[leaf] = str(resolved)
 
 
 def load(config_file: str | None, overrides: dict[str, Any] | None = None,

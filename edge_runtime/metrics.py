@@ -129,5 +129,17 @@ class Metrics:
                 c.add_metric([], float(s.extra[f"snapshots_{key}"]))
                 yield c
 
+        regions = s.extra.get("regions")
+        if isinstance(regions, dict):           # set by watch.Watch when regions are configured
+            frames = CounterMetricFamily("edge_runtime_region_frames", "Frames classified per region",
+                                         labels=["region"])
+            changes = CounterMetricFamily("edge_runtime_region_state_changes", "State changes (events) per region",
+                                          labels=["region"])
+            for name, summary in regions.items():
+                frames.add_metric([name], float(summary.get("frames", 0)))
+                changes.add_metric([name], float(summary.get("changes", 0)))
+            yield frames
+            yield changes
+
         if self.extra_collect is not None:
             yield from self.extra_collect()

@@ -14,6 +14,10 @@ overhead once for N frames (measured, docs/BENCHMARKS.md). How many lanes, threa
 inference is decided once, in plan.py. Live sources default to one lane with all threads and one
 frame per inference (lowest latency on the newest frame).
 
+With regions (watch.py), a lane classifies each frame's regions instead of the frame: one run per model
+and frame (its RegionGroups), a top-k per region; the publisher then writes a record per region and feeds
+the regions' states in frame order, and the events go to the sinks.
+
 The main thread supervises: stats lines, stall detection of the capture thread, shutdown. Health
 for /healthz is judged in health.py from what the pipeline observes.
 """
@@ -33,9 +37,11 @@ from .notify import Notifier
 from .postprocess import NonFiniteOutput, Postprocessor, refuse
 from .preprocess import FrameError, Preprocessor
 from .publisher import Publisher, Result
+from .regions import RegionGroup
 from .sinks import OutputClosed, Sink
 from .sources import Frame, Source
 from .stats import Stats
+from .watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +61,10 @@ class PipelineOptions:
 class Lane:
     """One session, its own preprocessing buffer and postprocessor."""
 
-    def __init__(self, engine: Engine, top_k: int, batch: int = 1):
+    def __init__(self, engine: Engine, top_k: int, batch: int = 1, groups: Sequence[RegionGroup] = ()):
         self.engine = engine
         self.batch = batch
+        self.groups = list(groups)      # regions: these classify the frame's crops instead of the frame
         self.pre = Preprocessor(engine.spec.input)
         self.post = Postprocessor(engine.spec, top_k)
         self.tensor = self.pre.new_buffer(batch)    # reused for every batch this lane takes
@@ -74,18 +81,23 @@ class Taken:
 class Pipeline:
     def __init__(self, make_source: Callable[[], Source], engine: Engine | Sequence[Engine], sinks: list[Sink],
                  options: PipelineOptions, *, live: bool, source_uri: str, stop: threading.Event | None = None,
-                 notifier: Notifier | None = None, stats: Stats | None = None):
-        """`live` and `source_uri` come from the run plan: the pipeline does not probe the source."""
+                 notifier: Notifier | None = None, stats: Stats | None = None, watch: Watch | None = None,
+                 region_groups: Sequence[Sequence[RegionGroup]] | None = None):
+        """`live` and `source_uri` come from the run plan: the pipeline does not probe the source.
+        `watch`: states, events and snapshots (watch.py); `region_groups`: each lane's RegionGroups."""
         engines = [engine] if isinstance(engine, Engine) else list(engine)
         self.make_source = make_source
         self.live = live
         # A live source's frame is classified as soon as it is the newest: never wait to fill a batch.
         self.batch = 1 if live else max(1, options.batch)
-        self.lanes = [Lane(e, options.top_k, self.batch) for e in engines]
+        self.lanes = [Lane(e, options.top_k, self.batch, region_groups[i] if region_groups else ())
+                      for i, e in enumerate(engines)]
         self.sinks = sinks
+        self.watch = watch
         # Frames wait in flight and in the reorder buffer: their 0.9 MB images, when no sink looks at
         # them, are let go once preprocessed (a few MB of RSS with batches on a video, measured).
-        self._keep_images = any(s.wants_images for s in sinks)
+        # An event's snapshot is drawn from its frame: kept while snapshots are on.
+        self._keep_images = any(s.wants_images for s in sinks) or bool(watch and watch.writer)
         self.options = options
         self.stop = stop or threading.Event()
         self.notifier = notifier or Notifier({})
@@ -94,7 +106,7 @@ class Pipeline:
         self.inline = not live and options.inline_reader
         self.feed: FrameFeed = Handoff(live, self.stats)
         self.publisher = Publisher(sinks, self.stats, self.notifier, self.stop, source_uri, options.max_frames,
-                                   untrained=self.lanes[0].engine.spec.untrained)
+                                   watch=watch, untrained=self.lanes[0].engine.spec.untrained)
         self._generation = 0
         self.capture: CaptureThread | None = None
         self.started_mono = time.perf_counter()
@@ -205,11 +217,14 @@ class Pipeline:
                 self._failure = exc
             self.stop.set()
 
-    def swap(self, engines: Sequence[Engine], *, top_k: int, batch: int) -> None:
-        """Reload: new sessions for every lane, taken up by each lane at its next batch (the batch in flight
-        finishes on the old ones; frames are not lost or reordered). The source is not touched."""
+    def swap(self, engines: Sequence[Engine], *, top_k: int, batch: int,
+             region_groups: Sequence[Sequence[RegionGroup]] | None = None) -> None:
+        """Reload: new sessions (and region groups) for every lane, taken up by each lane at its next batch
+        (the batch in flight finishes on the old ones; frames are not lost or reordered). The source is
+        not touched."""
         batch = 1 if self.live else max(1, batch)
-        self.lanes = [Lane(e, top_k, batch) for e in engines]
+        self.lanes = [Lane(e, top_k, batch, region_groups[i] if region_groups else ())
+                      for i, e in enumerate(engines)]
         self.batch = batch
         self.publisher.untrained = engines[0].spec.untrained
 
@@ -248,6 +263,9 @@ class Pipeline:
                 break
             slot = len(frames)
             frames.append(frame)
+            if lane.groups:                 # regions: cropped and preprocessed in _infer, from the image
+                usable.append((slot, 0.0))
+                continue
             t0 = time.perf_counter()
             try:
                 lane.pre(frame.image, lane.tensor[slot:slot + 1])
@@ -261,6 +279,8 @@ class Pipeline:
 
     def _infer(self, lane: Lane, taken: Taken) -> list[Result]:
         """One session.run for the batch, then each usable frame's top-k."""
+        if lane.groups:
+            return [self._infer_regions(lane, frame) for frame in taken.frames]
         results: list[Result] = [None] * len(taken.frames)
         if taken.usable:
             t1 = time.perf_counter()
@@ -272,6 +292,26 @@ class Pipeline:
                 except NonFiniteOutput as exc:      # NaN/inf: never published (JSON has no NaN)
                     refuse(self.stats, taken.frames[i].index, exc)
         return results
+
+    def _infer_regions(self, lane: Lane, frame: Frame) -> Result:
+        """The frame's regions, one run per model (RegionGroup); the top-k by region name."""
+        tops: dict[str, list] = {}
+        pre_ms = inf_ms = 0.0
+        try:
+            for group in lane.groups:
+                for name, top in zip(group.names, group.classify(frame.image), strict=True):
+                    tops[name] = top
+                pre_ms, inf_ms = pre_ms + group.last_ms[0], inf_ms + group.last_ms[1]
+        except FrameError as exc:
+            warn_skipped(self.stats, f"frame {frame.index}: {exc}")
+            return None
+        except NonFiniteOutput as exc:              # NaN/inf: never published (JSON has no NaN)
+            refuse(self.stats, frame.index, exc)
+            return None
+        finally:
+            if not self._keep_images:
+                frame.image = None
+        return frame, tops, pre_ms, inf_ms, 1
 
     # -- for sinks and the daemon --
 
@@ -292,6 +332,8 @@ class Pipeline:
     def finish(self) -> dict | None:
         """Final stats line to every sink (after run), then close them."""
         line = None
+        if self.watch is not None:
+            self.watch.close()          # the queued snapshots first: the final line counts them
         try:
             line = self.publisher.publish_stats(final=True)
         except OutputClosed:

@@ -148,3 +148,20 @@ def batch_size(configured: int, paced: bool, engine: Engine | None = None) -> in
                              "(use 1, or 0 for auto)")
         return 1
     return configured or AUTO_BATCH
+
+
+def load_region_models(plan: RunPlan, cfg, engine: Engine) -> tuple[RunPlan, dict[str, Engine]]:
+    """With `regions:`: the engine of every model a region uses (the frame model's own engine for regions
+    without one), loaded with the plan's session options; the plan then runs one frame per step, since
+    the regions of one frame are the batch. Without regions: the plan unchanged, no engines."""
+    if not cfg.regions:
+        return plan, {}
+    if cfg.batch > 1:
+        log.info("batch %d applies to whole frames; with regions, the regions of one frame are the batch", cfg.batch)
+    engines: dict[str, Engine] = {cfg.model: engine}
+    for region in cfg.regions:
+        model = region.model or cfg.model
+        if model not in engines:
+            check_model_path(model)
+            engines[model] = Engine(model, plan.per_lane, mem_pattern=plan.mem_pattern, spinning=plan.spinning)
+    return dataclasses.replace(plan, batch=1), engines

@@ -19,14 +19,16 @@ from .sources import Frame
 from .stats import Stats
 
 # (frame, top-k list, preprocess ms, inference ms of its session.run, frames in that run) of a usable
-# frame; None for a refused one
-Result = tuple[Frame, list, float, float, int] | None
+# frame; None for a refused one. With regions, the top-k is a dict: region name -> top-k list (one
+# record per region).
+Result = tuple[Frame, list | dict, float, float, int] | None
 
 
 class Publisher:
     def __init__(self, sinks: Sequence[Sink], stats: Stats, notifier: Notifier, stop: threading.Event,
-                 source_uri: str, max_frames: int | None, untrained: bool = False):
+                 source_uri: str, max_frames: int | None, watch=None, untrained: bool = False):
         self.sinks = list(sinks)
+        self.watch = watch                      # watch.Watch: states and events, fed here in frame order
         self.stats = stats
         self.notifier = notifier
         self.stop = stop
@@ -91,27 +93,36 @@ class Publisher:
 
     # -- inside --
 
+    def _record(self, frame: Frame, what: dict, latency: dict) -> dict:
+        record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6), "source": self.source_uri,
+                  **what, "latency_ms": latency}
+        if frame.path is not None:
+            record["path"] = frame.path
+        if self.untrained:
+            record["untrained"] = True
+        return record
+
     def _still_needed(self) -> int | float:
         """Frames to read before max_frames is reached, counting those in flight as good."""
         limit = self.max_frames
         return float("inf") if limit is None else limit - self.processed - (self._next_seq - self._next_publish)
 
-    def _publish(self, frame: Frame, top: list, pre_ms: float, inf_ms: float, batch: int) -> None:
+    def _publish(self, frame: Frame, top: list | dict, pre_ms: float, inf_ms: float, batch: int) -> None:
         now = time.perf_counter()
         total_ms = (now - frame.mono) * 1000.0
-        record = {"type": "prediction", "frame": frame.index, "ts": round(frame.ts, 6),
-                  "source": self.source_uri, "top": top,
-                  "latency_ms": {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3),
-                                 "total": round(total_ms, 3)}}
-        if frame.path is not None:
-            record["path"] = frame.path
-        if self.untrained:
-            record["untrained"] = True
+        latency = {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3), "total": round(total_ms, 3)}
+        if isinstance(top, dict):       # regions: the whole-frame record with "region" added, one each
+            records = [self._record(frame, {"region": name, "top": t}, latency) for name, t in top.items()]
+        else:
+            records = [self._record(frame, {"top": top}, latency)]
         self.stats.processed(pre_ms, inf_ms, total_ms, batch)
         self.last_processed_mono = now
         self.processed += 1
         for sink in self.sinks:
-            sink.prediction(record, frame)
+            for record in records:
+                sink.prediction(record, frame)
+        if self.watch is not None:
+            self.watch.frame_done(frame, top if isinstance(top, dict) else {"frame": top})
         if self.processed == 1:
             self.notifier.ready(f"running on {self.source_uri}")
         self.notifier.watchdog()

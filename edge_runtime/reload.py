@@ -7,14 +7,16 @@ warmed up beside the running one; only then are the lanes' sessions swapped, bet
 model of another input size) is refused in one line naming the file and the problem, and the daemon
 keeps what it had. systemd hears RELOADING=1 at the start and READY=1 at the end, either way.
 
-What a reload applies: the model and its description (`model`, `model_spec`), `top_k`, `batch`, the
-log level. Other keys (the source, capture, threads, lanes, MQTT, HTTP, ...) are read and checked, and
-a change to them is said to need a restart.
+What a reload applies: the model and its description (`model`, `model_spec`), the regions' model
+files (read again from the same paths), `top_k`, `batch`, the log level. Other keys (the source,
+capture, threads, lanes, the regions themselves, MQTT, HTTP, ...) are read and checked, and a change to
+them is said to need a restart.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import threading
@@ -40,7 +42,7 @@ def _release_freed_memory() -> None:
 
 class Reloader:
     def __init__(self, load_config: Callable[[], object], cfg, plan, pipeline, sinks, stats, notifier,
-                 *, apply_log_level: Callable[[str], None] | None = None):
+                 *, watch=None, apply_log_level: Callable[[str], None] | None = None):
         """`load_config()` reads and validates the config file with the command line on top, as at start."""
         self.load_config = load_config
         self.cfg = cfg
@@ -50,6 +52,7 @@ class Reloader:
         self.stats = stats
         self.notifier = notifier
         self.apply_log_level = apply_log_level
+        self.watch = watch
         self.requested = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reloader", daemon=True)
 
@@ -65,23 +68,31 @@ class Reloader:
 
     def reload(self) -> bool:
         """One reload; True when it took effect."""
-        from .plan import lane_engines, load_model
+        from .plan import lane_engines, load_model, load_region_models
+        from .watch import lane_groups
 
         self.notifier.reloading()
         log.info("reload: reading the config and the model again")
         try:
             cfg = self.load_config()
             self._say_what_needs_a_restart(cfg)
+            # The running regions (their names, boxes and states stay); their model files are read again.
+            cfg = dataclasses.replace(cfg, regions=self.cfg.regions)
             plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
+            plan, region_engines = load_region_models(plan, cfg, engine)
             engines = lane_engines(engine, plan.lanes)
+            groups = lane_groups(cfg.regions, cfg.model, region_engines, plan.lanes, cfg.top_k) \
+                if cfg.regions else None
             for e in dict.fromkeys(engines):
                 e.warm_up(batch=plan.batch)
+            for group in {id(g.engine): g for lane in groups or () for g in lane}.values():
+                group.engine.warm_up(batch=len(group.tensor))
         except UserError as exc:
             self.stats.add("reload_failures")
             log.error("reload refused, still running with the previous config and model: %s", exc)
             self.notifier.ready()
             return False
-        self.pipeline.swap(engines, top_k=cfg.top_k, batch=plan.batch)
+        self.pipeline.swap(engines, top_k=cfg.top_k, batch=plan.batch, region_groups=groups)
         if self.apply_log_level is not None and cfg.log.level != self.cfg.log.level:
             self.apply_log_level(cfg.log.level)
         info = engine.info()
@@ -91,7 +102,7 @@ class Reloader:
         self.cfg, self.plan = cfg, plan
         self.stats.add("reloads")
         log.info("reload: now classifying with %s", engine.describe())
-        del engine, engines
+        del engine, engines, groups, region_engines
         self.pipeline.stop.wait(1.0)        # the batch in flight finishes on the old sessions, then they go
         _release_freed_memory()
         self.notifier.ready()

@@ -63,9 +63,10 @@ def file_name(when: float, region: str, label: str | None, seq: int = 0) -> str:
     return f"{stamp}{f'-{seq}' if seq else ''}_{region}_{label_slug(label)}.jpg"
 
 
-def _sort_key(name: str):
+def _sort_key(name: str, mtime_ns: int = 0):
+    """Oldest first: by the name's UTC second, then (several events in one second) by when it was written."""
     m = NAME_PATTERN.fullmatch(name)
-    return (m.group(1), int(m.group(2) or 0), name) if m else ("", 0, name)
+    return (m.group(1), mtime_ns, int(m.group(2) or 0), name) if m else ("", mtime_ns, 0, name)
 
 
 @dataclass
@@ -264,11 +265,12 @@ class SnapshotWriter:
         for entry in os.scandir(self._root):
             if NAME_PATTERN.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                 try:
-                    found.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-        found.sort(key=lambda item: _sort_key(item[0]))
-        return found
+                found.append((_sort_key(entry.name, st.st_mtime_ns), entry.name, st.st_size))
+        found.sort()
+        return [(name, size) for _, name, size in found]
 
     def _retain(self, keep: str) -> None:
         files = self._own_files()

@@ -8,6 +8,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import REPO, daemon_env
 from edge_runtime.bench import KERNEL_FEATURES, make_video, video_info
@@ -75,3 +76,27 @@ def test_bench_names_a_video_it_cannot_open(tiny_model, tmp_path):
                           cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"--video: {bogus}: OpenCV cannot open this video" in proc.stderr
+
+
+def test_bench_regions_compares_with_bare_batch_n(tiny_model, video_file, tmp_path):
+    """`--regions N`: the daemon with N regions of one model against bare session.run at batch N, one run."""
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model),
+                           "--video", str(video_file), "--threads", "2", "--seconds", "0.3", "--frames", "40",
+                           "--repeats", "1", "--regions", "3", "--out", str(out)],
+                          cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    regions = json.loads(next(out.glob("bench-*.json")).read_text())["regions"]
+    assert regions["regions"] == 3 and regions["batch_axis_dynamic"] is True
+    assert regions["bare"]["batch"] == 3 and regions["bare"]["fps"] > 0
+    assert regions["bare_ms_per_frame"] == round(3 * 1000.0 / regions["bare"]["fps"], 4)
+    for name in ("synthetic", "video"):
+        run = regions[name]
+        assert run["frames"] == 40 and run["prediction_lines"] == 120          # a record per region per frame
+        assert run["cost_ratio"] == pytest.approx(run["ms_per_frame"] / regions["bare_ms_per_frame"], abs=0.002)
+        assert f"3 regions on {name}: " in proc.stdout and f"Cost ratio {run['cost_ratio']:.3f}" in proc.stdout
+    assert regions["meets_target"] == (regions["synthetic"]["cost_ratio"] <= 1.1)
+    assert "target: N regions cost at most N x the bare batch-3 cost per image + 10%" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model), "--regions", "0"],
+                         cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--regions: expected 1 to 64, got 0" in bad.stderr

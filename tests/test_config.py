@@ -26,8 +26,23 @@ def test_the_shipped_default_config_is_valid_and_commented():
     cfg = config.load(str(config.DEFAULT_CONFIG_FILE))
     defaults = config.Config()
     assert cfg.source == "synthetic://640x480?fps=30"
-    assert (cfg.model, cfg.top_k, cfg.threads, cfg.capture, cfg.log) == \
-        (defaults.model, defaults.top_k, defaults.threads, defaults.capture, defaults.log)
+    assert (cfg.top_k, cfg.threads, cfg.capture, cfg.log) == (defaults.top_k, defaults.threads, defaults.capture,
+                                                                defaults.log)
+    # the same model file (resolved against the config's folder, or the working directory's as before)
+    assert cfg.model.endswith(defaults.model)
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "m.onnx").write_bytes(b"x")
+    path = write(tmp_path / "conf", "model: m.onnx\nmodel_spec: {labels: l.txt}\nmqtt: {url: 'mqtts://h/p', "
+                                    "ca_file: ca.pem}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(path, {})
+    assert cfg.model == str(tmp_path / "conf" / "m.onnx")
+    assert cfg.model_spec["labels"] == str(tmp_path / "conf" / "l.txt")
+    assert cfg.mqtt.ca_file == str(tmp_path / "conf" / "ca.pem")
+    assert config.load(path, {"model": "other.onnx"}).model == "other.onnx"      # a flag: as given (cwd)
 
 
 def test_flags_override_the_file(tmp_path):

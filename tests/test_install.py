@@ -400,6 +400,7 @@ def test_real_install_upgrade_uninstall_in_a_sandbox(tmp_path, tiny_model):
     config = yaml.safe_load(config_text)
     assert config["model"] == "/var/lib/edge-runtime/models/model.onnx"
     assert config["camera"] == 0 and "source" not in config
+    assert config["snapshots"] == {"dir": "/var/lib/edge-runtime/snapshots"}
     assert "sudo systemctl restart edge-runtime" in config_text
     modes = box.run("stat", "-c", "%n %a %U:%G", "/etc/edge-runtime/config.yaml", "/var/lib/edge-runtime",
                     "/var/lib/edge-runtime/models", "/var/lib/edge-runtime/models/model.onnx", check=True).stdout
@@ -461,3 +462,17 @@ def test_real_install_upgrade_uninstall_in_a_sandbox(tmp_path, tiny_model):
     for path in ("/etc/edge-runtime", "/var/lib/edge-runtime"):
         assert box.run("test", "-e", path).returncode == 1, path
     assert box.run("getent", "passwd", "edge-runtime").returncode == 2
+
+
+def test_installed_config_has_snapshots_in_the_state_directory(tmp_path):
+    """The config install.sh writes (its render_config, run alone): the model's installed path, camera 0,
+    and event snapshots in the unit's StateDirectory; valid for the daemon's own config loader."""
+    script = (f'SRC_DIR={REPO}; STATE_DIR=/var/lib/edge-runtime; MODEL_FILE=/var/lib/edge-runtime/models/model.onnx; '
+              f'SERVICE_USER=edge-runtime; VENV=/opt/edge-runtime/venv; CONFIG_FILE=/etc/edge-runtime/config.yaml; '
+              f'eval "$(sed -n "/^render_config() {{/,/^}}/p" {INSTALL})"; render_config')
+    rendered = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    (tmp_path / "config.yaml").write_text(rendered)
+    from edge_runtime import config as config_mod
+    cfg = config_mod.load(str(tmp_path / "config.yaml"))
+    assert cfg.snapshots.dir == "/var/lib/edge-runtime/snapshots" and cfg.camera == 0
+    assert cfg.model == "/var/lib/edge-runtime/models/model.onnx"

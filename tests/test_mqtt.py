@@ -171,6 +171,21 @@ def test_discovery_configs_are_valid():
     assert label["json_attributes_topic"] == "edge_runtime/pi/state/attributes"
 
 
+def test_discovery_configs_with_regions():
+    """With regions: a sensor per region instead of the whole frame's label, and an MQTT image entity per
+    region (image_topic: the JPEG bytes of its last event; Home Assistant wants image_topic or url_topic)."""
+    configs = discovery_configs("edge_runtime/pi", "cam1", "homeassistant", "edge_runtime pi", ("door", "feeder"))
+    sensors = {t: c for t, c in configs.items() if t.startswith("homeassistant/sensor/")}
+    assert {t.split("/")[3] for t in sensors} == {"region_door", "region_feeder", "fps", "inference_ms", "cpu_temp"}
+    for topic, cfg in sensors.items():
+        check_ha_sensor(topic, json.loads(json.dumps(cfg)), prefix="edge_runtime/pi", node_id="cam1")
+    assert sensors["homeassistant/sensor/cam1/region_door/config"]["state_topic"] == "edge_runtime/pi/door/state"
+    image = configs["homeassistant/image/cam1/region_door/config"]
+    assert (image["image_topic"], image["content_type"]) == ("edge_runtime/pi/door/snapshot", "image/jpeg")
+    assert image["availability_topic"] == "edge_runtime/pi/availability" and image["device"]["model"] == "edge_runtime"
+    assert len(configs) == 7 and len({c["unique_id"] for c in configs.values()}) == 7
+
+
 # --- the sink in-process ------------------------------------------------------------------------
 
 class _Cfg:

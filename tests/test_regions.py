@@ -53,7 +53,8 @@ regions:
 snapshots: {dir: /var/lib/edge-runtime/snapshots}
 """)
     door, feeder = cfg.regions
-    assert door == RegionConfig(name="door", box=(0.55, 0.10, 0.45, 0.80), model="models/door.onnx",
+    # A region's model, like `model:`, is relative to the config file's folder.
+    assert door == RegionConfig(name="door", box=(0.55, 0.10, 0.45, 0.80), model=str(tmp_path / "models/door.onnx"),
                                 threshold=0.6, min_frames=3, thresholds={"open": 0.8})
     assert (feeder.name, feeder.model, feeder.threshold, feeder.min_frames, feeder.thresholds) == \
         ("feeder_1", None, None, None, None)

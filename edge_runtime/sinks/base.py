@@ -1,7 +1,7 @@
 """A sink receives every prediction record and every stats line. Small base, short implementations.
 
 Lifecycle (as picamera2's outputs): a sink is constructed from its typed config section and does no
-I/O there; `start(context)` binds, connects and starts its threads; `prediction()`/`stats()` are called
+I/O there; `start(context)` binds, connects and starts its threads; `prediction()`/`stats()`/`event()` are called
 from the pipeline (one caller at a time, in frame order); `close()` flushes and stops. A sink knows the
 pipeline only through the `SinkContext` it is started with, and never another sink.
 """
@@ -33,6 +33,9 @@ class SinkContext:
     model_info: dict[str, str] = field(default_factory=dict)   # path, arch, weights, input, labels, untrained
     # health(unhealthy_after_s) -> the /healthz dict, or None when no pipeline runs (tools, tests)
     health: Callable[[float], dict | None] = _no_health
+    regions: tuple = ()                      # config.Config.regions: names and boxes of the watched regions
+    # snapshot_reader(file name) -> the JPEG's bytes, or None (not ours, not there, snapshots off)
+    snapshot_reader: Callable[[str], bytes | None] | None = None
 
 
 class Sink:
@@ -51,6 +54,9 @@ class Sink:
 
     def model_changed(self, model_info: dict[str, str]) -> None:
         """A reload swapped the model (same keys as SinkContext.model_info)."""
+
+    def event(self, event: dict) -> None:
+        """A region's state changed (events.py's event dict); called in frame order, after its predictions."""
 
     def close(self) -> None:
         pass

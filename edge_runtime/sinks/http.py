@@ -8,6 +8,8 @@
   GET /stats.json    the last stats line plus live FPS/latency/temperature, for the page
   GET /snapshot.jpg  the last frame as JPEG
   GET /stream.mjpg   MJPEG (multipart/x-mixed-replace) at http.mjpeg_fps
+  GET /events        the last 100 events (state changes), newest first
+  GET /snapshots/F   an event's snapshot JPEG (only the snapshot folder's own files)
 
 From the inference loop, prediction() only stores references (record, frame image) and feeds the
 latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
@@ -32,6 +34,7 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 from .. import system
 from ..addresses import hostname, parse_listen, redact
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parents[1] / "data" / "live.html"
 SOCKET_TIMEOUT_S = 10.0
+MAX_EVENTS = 100        # kept for GET /events
 BOUNDARY = "frame"
 HEAD_DEADLINE_S = 10.0      # a request's line and headers must all arrive within this, in total
 HEAD_MAX_BYTES = 32768      # a GET's head is a few hundred bytes (a browser's cookies for localhost: a few KB)
@@ -325,10 +329,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(200, jpeg[1], "image/jpeg")
             elif path == "/stream.mjpg":
                 self._stream(sink)
+            elif (reply := sink.watch_route(path)) is not None:      # /events, /snapshots/<file>
+                self._send(*reply)
             else:
                 self._json(404, {"error": "not found",
                                  "endpoints": ["/", "/metrics", "/healthz", "/latest", "/stats.json",
-                                               "/snapshot.jpg", "/stream.mjpg"]})
+                                               "/snapshot.jpg", "/stream.mjpg", "/events", "/snapshots/"]})
         except OSError:            # the client went away or stopped reading (socket timeout)
             self.close_connection = True
 
@@ -381,6 +387,9 @@ class HttpSink(Sink):
         self._clients_lock = threading.Lock()
         self._page: bytes | None = None
         self._server: _Server | None = None
+        self._events: deque[dict] = deque(maxlen=MAX_EVENTS)   # newest last
+        self._region_latest: dict[str, dict] = {}               # region -> its last record
+        self._last_frame = -1
 
     def start(self, context: SinkContext) -> "HttpSink":
         """Bind, serve in a thread of its own. The context gives health and model info."""
@@ -408,6 +417,12 @@ class HttpSink(Sink):
     # -- from the inference loop --
 
     def prediction(self, record, frame):
+        region = record.get("region")
+        if region is not None:          # regions: one record each per frame; the frame counts once
+            self._region_latest[region] = record
+            if frame.index == self._last_frame:
+                return
+            self._last_frame = frame.index
         self._seq += 1
         self._latest = (self._seq, record, frame.image)
         self._times.append(time.perf_counter())
@@ -415,6 +430,9 @@ class HttpSink(Sink):
 
     def model_changed(self, model_info):
         self.metrics.model_info = dict(model_info)
+
+    def event(self, event):
+        self._events.append(event)
 
     def stats(self, line):
         self._last_line = line
@@ -460,7 +478,39 @@ class HttpSink(Sink):
         return {"host": hostname(), "fps": self.live_fps(), "frames": self._seq,
                 "latency_ms": record["latency_ms"] if record else None,
                 "cpu_temp_c": system.cpu_temp_c(), "health": self.health(), "mjpeg_fps": self.cfg.mjpeg_fps,
-                "stats": self._last_line}
+                "stats": self._last_line, "regions": self.region_view()}
+
+    # -- regions and events (watch.py) --
+
+    def region_view(self) -> list[dict]:
+        """Each watched region's box, current state (its last event) and last top-1, for the live page."""
+        states: dict[str, dict] = {}
+        for event in reversed(list(self._events)):
+            states.setdefault(event["region"], event)
+        view = []
+        for region in self.context.regions:
+            record = self._region_latest.get(region.name)
+            top = record["top"][0] if record and record["top"] else None
+            state = states.get(region.name)
+            view.append({"name": region.name, "box": list(region.box),
+                         "state": state["to"] if state else None, "state_score": state["score"] if state else None,
+                         "label": top["label"] if top else None, "score": top["score"] if top else None})
+        return view
+
+    def watch_route(self, path: str) -> tuple[int, bytes, str] | None:
+        """(status, body, content type) for /events and /snapshots/<file>; None for other paths."""
+        if path == "/events":
+            events = list(self._events)         # a copy first: the publisher appends meanwhile
+            events.reverse()
+            return 200, (dumps(events) + "\n").encode(), "application/json"
+        if not path.startswith("/snapshots/"):
+            return None
+        reader = self.context.snapshot_reader
+        # The reader accepts only its own file names (no '/', no '..'): nothing outside the folder.
+        data = reader(unquote(path[len("/snapshots/"):])) if reader is not None else None
+        if data is None:
+            return 404, b'{"error":"no such snapshot"}\n', "application/json"
+        return 200, data, "image/jpeg"
 
     def jpeg(self) -> tuple[int, bytes] | None:
         """(seq, JPEG of the latest frame), encoded here at most mjpeg_fps times a second, shared by all viewers."""

@@ -22,5 +22,10 @@ class LogSink(Sink):
             where = f" {record['path']}" if "path" in record else ""
             log.info("frame %d%s: %s (%.3f)", record["frame"], where, top["label"], top["score"])
 
+    def event(self, event):
+        shot = f", snapshot {event['snapshot']}" if event.get("snapshot") else ""
+        log.info("event: %s changed from %s to %s (score %.3f, frame %d)%s", event["region"], event["from"],
+                 event["to"], event["score"], event["frame"], shot)
+
     def stats(self, line):
         log.info("%s%s", "final: " if line.get("final") else "", summary(line))

@@ -6,9 +6,14 @@ Topics under the prefix (default `edge_runtime/<hostname>`):
   state              the top-1 label, only when it changes after `publish.min_frames` confident frames
   state/attributes   {"label", "score", "frame", "ts"} of that change (Home Assistant attributes)
   stats              the stats JSON, every stats interval
+  event              every state change (a region's, or the whole frame's), the event JSON, not retained
+With `regions:` the state topics are per region instead: `<region>/state` (retained, the label) and
+`<region>/state/attributes`, and `<region>/snapshot` (retained) the JPEG of the region's last event.
 With `mqtt.homeassistant: true`, retained discovery configs under
 `<discovery_prefix>/sensor/<node_id>/<object>/config` create a device with sensors for the label
-(score as an attribute), FPS, inference latency and CPU temperature.
+(score as an attribute), FPS, inference latency and CPU temperature; with regions, a sensor and an
+MQTT `image` entity (`<discovery_prefix>/image/...`, showing the last event's snapshot) per region
+instead of the label sensor.
 
 The inference loop only appends to a bounded queue (drop oldest, counted); a publisher thread
 serialises and hands messages to paho, whose own network thread does the I/O and reconnects with
@@ -43,6 +48,8 @@ BATCH_S = 0.005        # the publisher's pause between batches
 SILENT_S = 10.0        # a broker that accepted TCP but has not answered CONNECT for this long is reported
 STABLE_S = 30.0        # a connection that lasted less did not really work: the reconnect backoff keeps growing
 FLAP_LOG_S = 60.0      # "lost" and "reconnected" warnings: at most one of each per this many seconds
+IMAGE_POLL_S = 0.1     # how often an event's snapshot is looked for (its writer is a thread of its own)
+IMAGE_WAIT_S = 10.0    # ... and for how long, before it is given up (a full disk: it never comes)
 
 
 # Re-exported for callers that knew them here.
@@ -79,8 +86,10 @@ class StateTracker:
 
 # --- Home Assistant discovery ----------------------------------------------------------------
 
-def discovery_configs(prefix: str, node_id: str, discovery_prefix: str, device_name: str) -> dict[str, dict]:
-    """Topic -> retained config payload, one per sensor (Home Assistant MQTT discovery)."""
+def discovery_configs(prefix: str, node_id: str, discovery_prefix: str, device_name: str,
+                      regions: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Topic -> retained config payload, one per sensor (Home Assistant MQTT discovery); with `regions`
+    (their names), a sensor and an image entity per region instead of the whole frame's label."""
     availability = f"{prefix}/availability"
     device = {"identifiers": [f"edge_runtime_{node_id}"], "name": device_name, "model": "edge_runtime",
               "manufacturer": "edge_runtime", "sw_version": __version__}
@@ -103,8 +112,20 @@ def discovery_configs(prefix: str, node_id: str, discovery_prefix: str, device_n
                      "device_class": "temperature", "state_class": "measurement",
                      "entity_category": "diagnostic"},
     }
-    return {f"{discovery_prefix}/sensor/{node_id}/{obj}/config": {**body, **common, "unique_id": f"{node_id}_{obj}"}
-            for obj, body in sensors.items()}
+    images: dict[str, dict] = {}
+    if regions:
+        del sensors["label"]     # its state topic is not published with regions
+        for name in regions:
+            sensors[f"region_{name}"] = {"name": name, "state_topic": f"{prefix}/{name}/state",
+                                         "json_attributes_topic": f"{prefix}/{name}/state/attributes",
+                                         "icon": "mdi:eye"}
+            images[f"region_{name}"] = {"name": f"{name} snapshot", "image_topic": f"{prefix}/{name}/snapshot",
+                                        "content_type": "image/jpeg"}
+    configs = {f"{discovery_prefix}/sensor/{node_id}/{obj}/config": {**body, **common, "unique_id": f"{node_id}_{obj}"}
+               for obj, body in sensors.items()}
+    configs.update({f"{discovery_prefix}/image/{node_id}/{obj}/config":
+                    {**body, **common, "unique_id": f"{node_id}_{obj}_snapshot"} for obj, body in images.items()})
+    return configs
 
 
 # --- the sink --------------------------------------------------------------------------------
@@ -122,7 +143,11 @@ class MqttSink(Sink):
         self.client_id = cfg.client_id or f"edge_runtime-{topic_safe(hostname())}"
         self.node_id = topic_safe(self.client_id)
         self.topics = {name: f"{self.prefix}/{name}" for name in
-                       ("availability", "prediction", "state", "state/attributes", "stats")}
+                       ("availability", "prediction", "state", "state/attributes", "stats", "event")}
+        self.regions: tuple[str, ...] = ()          # names of the watched regions (from start's context)
+        self._region_states: dict[str, tuple[str, bytes]] = {}   # region -> (label, attributes), republished
+        self._images: dict[str, tuple[str, float]] = {}          # region -> (snapshot file, give up at)
+        self._images_due = 0.0
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._window: deque = deque()          # (MQTTMessageInfo, qos) handed to paho
@@ -153,6 +178,8 @@ class MqttSink(Sink):
         super().start(context)
         self._mqtt = mqtt
         self.stats_obj = context.stats
+        self.regions = tuple(r.name for r in context.regions)
+        self._read_snapshot = context.snapshot_reader
         cfg = self.cfg
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
         if self.url.username is not None:
@@ -196,12 +223,22 @@ class MqttSink(Sink):
     def prediction(self, record, frame):
         if self.cfg.predictions:
             self._enqueue(("prediction", record))
+        if "region" in record:          # regions: their states come from events
+            return
         top = record["top"][0] if record["top"] else None
         if top is not None and self.tracker.update(top["label"], top["score"]):
             self._enqueue(("state", record))
 
     def stats(self, line):
         self._enqueue(("stats", line))
+
+    def event(self, event):
+        self._enqueue(("event", event))
+        if event["region"] in self.regions:
+            self._enqueue(("region_state", event))
+            if event.get("snapshot") and self._read_snapshot is not None:
+                with self._cond:        # published once its writer has written it (its own thread)
+                    self._images[event["region"]] = (event["snapshot"], time.monotonic() + IMAGE_WAIT_S)
 
     # -- the publisher thread --
 
@@ -220,6 +257,13 @@ class MqttSink(Sink):
             return [(self.topics["prediction"], dumps(self._source(obj)).encode(), self.cfg.qos, False)]
         if kind == "stats":
             return [(self.topics["stats"], dumps(obj).encode(), self.cfg.qos, False)]
+        if kind == "event":
+            return [(self.topics["event"], dumps(obj).encode(), 1, False)]
+        if kind == "region_state":
+            attributes = dumps({"label": obj["to"], "score": obj["score"], "frame": obj["frame"], "ts": obj["ts"],
+                                "from": obj["from"], "snapshot": obj["snapshot"]}).encode()
+            self._region_states[obj["region"]] = (obj["to"], attributes)
+            return self._region_state_messages(obj["region"], obj["to"], attributes)
         top = obj["top"][0]
         attributes = dumps({"label": top["label"], "score": top["score"], "frame": obj["frame"],
                             "ts": obj["ts"]}).encode()
@@ -230,6 +274,27 @@ class MqttSink(Sink):
         retain = self.cfg.retain_state
         return [(self.topics["state/attributes"], attributes, 1, retain),
                 (self.topics["state"], label.encode(), 1, retain)]
+
+    def _region_state_messages(self, region: str, label: str, attributes: bytes) -> list[tuple[str, bytes, int, bool]]:
+        retain = self.cfg.retain_state
+        return [(f"{self.prefix}/{region}/state/attributes", attributes, 1, retain),
+                (f"{self.prefix}/{region}/state", label.encode(), 1, retain)]
+
+    def _image_messages(self) -> list[tuple[str, bytes, int, bool]]:
+        """Snapshots written since the last look, as retained JPEG messages (read outside the lock)."""
+        with self._cond:
+            waiting = list(self._images.items())
+        messages = []
+        for region, (name, give_up) in waiting:
+            data = self._read_snapshot(name)
+            if data is None and time.monotonic() < give_up:
+                continue
+            with self._cond:
+                if self._images.get(region, (None,))[0] == name:
+                    del self._images[region]
+            if data is not None:
+                messages.append((f"{self.prefix}/{region}/snapshot", data, 1, True))
+        return messages
 
     def _prune(self) -> None:
         """Forget messages paho has finished with (caller holds self._cond)."""
@@ -258,15 +323,22 @@ class MqttSink(Sink):
                     room = WINDOW - len(self._window)
                     if self._queue and self._connected and room > 0:
                         break
+                    if self._images and self._connected and time.monotonic() >= self._images_due:
+                        break
                     self._update_extra()
                     if not self._ever_connected and self._failure_logged is None \
                             and time.monotonic() - self._started > SILENT_S:
                         self._down("no answer from the broker")
                     # a full window (slow broker) is polled; otherwise wait for work or a connection
-                    self._cond.wait(0.05 if self._queue and self._connected else 0.5)
+                    self._cond.wait(0.05 if (self._queue or self._images) and self._connected else 0.5)
                 # a batch: fewer lock round trips with the inference loop
                 items = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+                looking = bool(self._images) and time.monotonic() >= self._images_due
             infos = []
+            if looking:
+                self._images_due = time.monotonic() + IMAGE_POLL_S
+                for topic, payload, qos, retain in self._image_messages():
+                    infos.append((self.client.publish(topic, payload, qos=qos, retain=retain), qos))
             for item in items:
                 try:
                     messages = self._render(item)
@@ -301,11 +373,14 @@ class MqttSink(Sink):
         client.publish(self.topics["availability"], "online", qos=1, retain=True)
         if self.cfg.homeassistant:
             for topic, payload in discovery_configs(self.prefix, self.node_id, self.cfg.discovery_prefix,
-                                                    f"edge_runtime {hostname()}").items():
+                                                    f"edge_runtime {hostname()}", self.regions).items():
                 client.publish(topic, json.dumps(payload, ensure_ascii=False, allow_nan=False), qos=1, retain=True)
         last = self._last_state
         if last is not None:
             for topic, payload, qos, retain in self._state_messages(*last):
+                client.publish(topic, payload, qos=qos, retain=retain)
+        for region, (label, attributes) in list(self._region_states.items()):
+            for topic, payload, qos, retain in self._region_state_messages(region, label, attributes):
                 client.publish(topic, payload, qos=qos, retain=retain)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):

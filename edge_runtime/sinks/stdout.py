@@ -120,6 +120,9 @@ class StdoutSink(Sink):
     def stats(self, line):
         self._put(line)
 
+    def event(self, event):
+        self._put(event)        # always, also with --quiet-predictions: events are what people wait for
+
     def close(self) -> None:
         """Write what is pending (give up after a few seconds if nobody reads), then stop the writer."""
         if self._thread is None:

@@ -1,0 +1,83 @@
+"""Watching regions: per-region records, states, events and snapshots, wired into the pipeline.
+
+The lanes classify each frame's regions (RegionGroup: one session.run per model and frame when its
+batch axis is dynamic) and hand the publisher a top-k per region. The publisher, which already
+serialises frames in order, gives each frame's tops to `Watch.frame_done()`: the states must be fed
+in frame order, or "3 consecutive frames" would mean nothing with two lanes. On a change the event
+gets its snapshot (queued to the SnapshotWriter's own thread, never written here) and goes to every
+sink's `event()`. With no `regions:` the whole frame is the region `frame`, fed from its own top-1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+from .events import FRAME_REGION, RegionState
+from .plan import lane_engines
+from .regions import RegionConfig, RegionGroup, group_by_model
+from .snapshots import SnapshotWriter
+from .sources import Frame
+
+log = logging.getLogger(__name__)
+
+
+class Watch:
+    """States of the watched regions (or of the whole frame), the events and the snapshot writer."""
+
+    def __init__(self, regions: Sequence[RegionConfig], publish, sinks: Sequence, writer: SnapshotWriter | None,
+                 stats=None):
+        self.regions = tuple(regions)
+        self.boxes = {r.name: tuple(r.box) for r in self.regions}
+        self.states = {r.name: RegionState.from_config(r, publish) for r in self.regions} \
+            or {FRAME_REGION: RegionState.whole_frame(publish)}
+        self.sinks = list(sinks)
+        self.writer = writer
+        self.stats = stats
+        self.events = 0
+
+    def start(self) -> None:
+        if self.writer is not None:
+            self.writer.start()
+        self._show()
+
+    def close(self) -> None:
+        """Write the snapshots still queued, stop the writer thread. Bounded: SIGTERM must still end the
+        daemon within 2 s, however slow the disk."""
+        if self.writer is not None:
+            self.writer.close(timeout=1.0)
+
+    def frame_done(self, frame: Frame, tops: Mapping[str, list]) -> None:
+        """One published frame's top-k per region name, in frame order (the publisher's lock is held)."""
+        for name, top in tops.items():
+            state = self.states.get(name)
+            if state is None:
+                continue
+            best = top[0] if top else None
+            event = state.update(best and best["label"], best and best["score"], frame.index, round(frame.ts, 6))
+            if event is not None:
+                self._emit(event, frame)
+        self._show()
+
+    def _emit(self, event: dict, frame: Frame) -> None:
+        if self.writer is not None and frame.image is not None:
+            event["snapshot"] = self.writer.submit(frame.image, event["region"], self.boxes.get(event["region"]),
+                                                   event["to"], event["ts"])
+        self.events += 1
+        for sink in self.sinks:
+            sink.event(event)
+
+    def _show(self) -> None:
+        """Per-region counts in the stats line, only when regions are configured."""
+        if self.stats is not None and self.regions:
+            self.stats.set_extra("regions", {name: s.summary() for name, s in self.states.items()})
+
+
+def lane_groups(regions: Sequence[RegionConfig], default_model: str, engines: Mapping[str, object], lanes: int,
+                top_k: int) -> list[list[RegionGroup]]:
+    """For each lane, one RegionGroup per model (a group's tensor and preprocessor are the lane's own;
+    one-thread lanes share each model's session, as they share the frame model's)."""
+    groups = group_by_model(regions, default_model)
+    per_model = {model: lane_engines(engines[model], lanes) for model in groups}
+    return [[RegionGroup(per_model[model][i], members, top_k) for model, members in groups.items()]
+            for i in range(lanes)]
