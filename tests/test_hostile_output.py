@@ -112,11 +112,16 @@ def test_log_sanitizer_redacts_and_keeps_one_line(caplog):
     handler.emit = lambda record: seen.append(record.getMessage())
     handler.addFilter(LogSanitizer())
     logger.addHandler(handler)
+    level, disabled = logger.level, logging.root.manager.disable
+    logger.setLevel(logging.INFO)           # whatever an earlier in-process test left on the root logger
+    logging.disable(logging.NOTSET)
     try:
         logger.warning("source lost: cannot open %s", "rtsp://a:hunter2@cam/s")
         logger.warning("model: %s", "net\nERROR forged")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logging.disable(disabled)
     assert seen == ["source lost: cannot open rtsp://a:***@cam/s", "model: net\\nERROR forged"]
 
 
