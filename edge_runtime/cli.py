@@ -173,10 +173,10 @@ def run_daemon(args: argparse.Namespace) -> int:
         regions = f"; {len(cfg.regions)} region(s)" if cfg.regions else ""
         print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}{regions}")
         return EXIT_OK
-    pipeline, sinks, watch = build_daemon(cfg, plan, engine, region_engines)
+    pipeline, sinks = build_daemon(cfg, plan, engine, region_engines)
     del engine, region_engines      # the lanes hold them: a reload must be able to let them go
     reloader = Reloader(load_config, cfg, plan, pipeline, sinks, pipeline.stats, pipeline.notifier,
-                        watch=watch, apply_log_level=setup_logging)
+                        apply_log_level=setup_logging)
     reloader.requested = RELOAD
     reloader.start()
     log.info("source: %s (%s); ready in %.2f s", plan.display_uri, "live" if plan.live else "frame by frame",
@@ -194,7 +194,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 
 def build_daemon(cfg, plan, engine, region_engines=None):
-    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it, the sinks and the watch."""
+    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the sinks."""
     import cv2
 
     from .notify import Notifier
@@ -234,7 +234,7 @@ def build_daemon(cfg, plan, engine, region_engines=None):
     for sink in sinks:
         sink.start(context)
     watch.start()
-    return pipeline, sinks, watch
+    return pipeline, sinks
 
 
 def build_watch(cfg, plan, sinks, stats, region_engines: dict):

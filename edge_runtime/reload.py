@@ -42,7 +42,7 @@ def _release_freed_memory() -> None:
 
 class Reloader:
     def __init__(self, load_config: Callable[[], object], cfg, plan, pipeline, sinks, stats, notifier,
-                 *, watch=None, apply_log_level: Callable[[str], None] | None = None):
+                 *, apply_log_level: Callable[[str], None] | None = None):
         """`load_config()` reads and validates the config file with the command line on top, as at start."""
         self.load_config = load_config
         self.cfg = cfg
@@ -52,7 +52,6 @@ class Reloader:
         self.stats = stats
         self.notifier = notifier
         self.apply_log_level = apply_log_level
-        self.watch = watch
         self.requested = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reloader", daemon=True)
 

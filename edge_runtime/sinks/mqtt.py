@@ -35,6 +35,7 @@ from .. import __version__
 from ..addresses import BrokerUrl, default_prefix, hostname, parse_broker_url, redact, topic_safe
 from ..jsonline import dumps
 from ..errors import UserError
+from ..events import RegionState
 from ..ratelimit import RateLimited
 from ..safeio import check_regular
 from .base import Sink
@@ -60,28 +61,19 @@ __all__ = ["MqttSink", "StateTracker", "discovery_configs", "BrokerUrl", "parse_
 # --- the state topic -------------------------------------------------------------------------
 
 class StateTracker:
-    """Top-1 label, debounced: a new state after `min_frames` consecutive frames at or above `threshold`."""
+    """Top-1 label, debounced: a new state after `min_frames` consecutive frames at or above `threshold`
+    (events.RegionState's rule, for the whole frame's state topic; non-finite scores never count)."""
 
     def __init__(self, threshold: float, min_frames: int):
-        self.threshold = threshold
-        self.min_frames = min_frames
-        self.current: str | None = None
-        self._candidate: str | None = None
-        self._count = 0
+        self._state = RegionState("frame", threshold, min_frames)
+
+    @property
+    def current(self) -> str | None:
+        return self._state.current
 
     def update(self, label: str | None, score: float) -> bool:
         """Feed one prediction; True when `label` has just become the new state."""
-        if label is None or score < self.threshold:
-            self._candidate, self._count = None, 0
-            return False
-        if label == self._candidate:
-            self._count += 1
-        else:
-            self._candidate, self._count = label, 1
-        if self._count >= self.min_frames and label != self.current:
-            self.current = label
-            return True
-        return False
+        return self._state.step(label, score)
 
 
 # --- Home Assistant discovery ----------------------------------------------------------------
