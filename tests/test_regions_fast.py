@@ -3,6 +3,8 @@ same indices, labels and scores for every row, and a NaN/inf row refused alone."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,43 @@ def test_a_non_finite_row_is_refused_alone(bad):
 
 def test_empty_block():
     assert Postprocessor(spec("logits"), 5).top_block(np.empty((0, 1000), np.float32)) == []
+
+
+def test_daemon_publishes_the_finite_region_when_another_is_refused(tmp_path):
+    """A model whose scores are NaN for a black crop only: the black region is left out (one warning),
+    the red region of the same frame is published; a frame whose regions are all refused is skipped."""
+    import subprocess
+    import sys
+
+    import cv2
+    import onnx
+    from harness import REPO, daemon_env
+    from onnx import helper, numpy_helper
+    from tiny_model import make_channel_model
+
+    path = make_channel_model(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    g = model.graph
+    next(n for n in g.node if n.output[0] == "logits").output[0] = "pre"
+    # logits = pre * sqrt(sum(pre) - 1): NaN where the crop is black (sum 0), finite where it is red.
+    g.initializer.extend([numpy_helper.from_array(np.ones((3, 1), np.float32), "ones"),
+                          numpy_helper.from_array(np.array([1.0], np.float32), "one")])
+    g.node.extend([helper.make_node("MatMul", ["pre", "ones"], ["sum"]), helper.make_node("Sub", ["sum", "one"], ["d"]),
+                   helper.make_node("Sqrt", ["d"], ["root"]), helper.make_node("Mul", ["pre", "root"], ["logits"])])
+    onnx.save(model, str(path))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    half = np.zeros((40, 80, 3), np.uint8)
+    half[:, 40:] = (0, 0, 255)                                  # BGR red on the right
+    cv2.imwrite(str(frames / "0.png"), half)
+    cv2.imwrite(str(frames / "1.png"), np.zeros((40, 80, 3), np.uint8))     # all black: every region refused
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", str(frames), "--model", str(path),
+                           "--region", "dark=0,0,0.5,1", "--region", "red=0.5,0,0.5,1", "--stats-interval", "3600"],
+                          capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    preds = [x for x in lines if x["type"] == "prediction"]
+    assert [(p["frame"], p["region"], p["top"][0]["label"]) for p in preds] == [(0, "red", "red")]
+    final = lines[-1]
+    assert final["type"] == "stats" and final["frames_processed"] == 1 and final["frames_skipped"] == 1
+    assert "regions dark" in proc.stderr and "NaN or infinity" in proc.stderr
