@@ -34,7 +34,7 @@ from . import health
 from .capture import CaptureThread, FrameFeed, Handoff, InlineReader, warn_skipped
 from .engine import Engine
 from .notify import Notifier
-from .postprocess import NonFiniteOutput, Postprocessor, refuse
+from .postprocess import NonFiniteOutput, Postprocessor, refuse, region_refused
 from .preprocess import FrameError, Preprocessor
 from .publisher import Publisher, Result
 from .regions import RegionGroup
@@ -298,10 +298,19 @@ class Pipeline:
         tops: dict[str, list] = {}
         pre_ms = inf_ms = 0.0
         try:
+            refused = []
             for group in lane.groups:
                 for name, top in zip(group.names, group.classify(frame.image), strict=True):
-                    tops[name] = top
+                    if top is None:
+                        refused.append(name)
+                    else:
+                        tops[name] = top
                 pre_ms, inf_ms = pre_ms + group.last_ms[0], inf_ms + group.last_ms[1]
+            if refused:         # a NaN/inf row drops its region alone; the frame only if all are refused
+                exc = NonFiniteOutput(f"the model's output holds NaN or infinity (regions {', '.join(refused)})")
+                if not tops:
+                    raise exc
+                region_refused(frame.index, exc)
         except FrameError as exc:
             warn_skipped(self.stats, f"frame {frame.index}: {exc}")
             return None

@@ -189,8 +189,9 @@ class RegionGroup:
         self.tensor = self.pre.new_buffer(len(self.regions) if engine.batch_axis_dynamic else 1)
         self.last_ms = (0.0, 0.0)        # (preprocessing, inference) of the last classify(), for stats
 
-    def classify(self, image: np.ndarray) -> list[list[dict]]:
-        """Top-k per region, in the group's order. FrameError for an image the Preprocessor refuses."""
+    def classify(self, image: np.ndarray) -> list[list[dict] | None]:
+        """Top-k per region, in the group's order; None for a region whose scores hold NaN/inf (refused
+        alone: the other regions stand). FrameError for an image the Preprocessor refuses."""
         start = time.perf_counter()
         if self.engine.batch_axis_dynamic:
             batch = fill_batch(self.pre, image, self.boxes, self.tensor)
@@ -207,4 +208,5 @@ class RegionGroup:
                 pre_s, inf_s = pre_s + t1 - t0, inf_s + time.perf_counter() - t1
             outputs = rows
         self.last_ms = (pre_s * 1000.0, inf_s * 1000.0)
-        return [self.post.top(row) for row in outputs]
+        # One vectorised top-k for the group's rows: a Python loop of N was ~0.15 ms of N = 8's frame.
+        return self.post.top_block(np.asarray(outputs))

@@ -90,10 +90,15 @@ def test_bench_regions_compares_with_bare_batch_n(tiny_model, video_file, tmp_pa
     assert regions["regions"] == 3 and regions["batch_axis_dynamic"] is True
     assert regions["bare"]["batch"] == 3 and regions["bare"]["fps"] > 0
     assert regions["bare_ms_per_frame"] == round(3 * 1000.0 / regions["bare"]["fps"], 4)
+    lanes = regions["bare_lanes"]        # bare in the daemon's own arrangement, at batch N too
+    assert lanes["batch"] == 3 and lanes["fps"] > 0 and lanes["lanes"] * lanes["threads_per_lane"] >= 1
+    assert regions["bare_lanes_ms_per_frame"] == round(3 * 1000.0 / lanes["fps"], 4)
     for name in ("synthetic", "video"):
         run = regions[name]
         assert run["frames"] == 40 and run["prediction_lines"] == 120          # a record per region per frame
         assert run["cost_ratio"] == pytest.approx(run["ms_per_frame"] / regions["bare_ms_per_frame"], abs=0.002)
+        assert run["cost_ratio_vs_lanes"] == pytest.approx(run["ms_per_frame"] / regions["bare_lanes_ms_per_frame"],
+                                                           abs=0.002)
         assert f"3 regions on {name}: " in proc.stdout and f"Cost ratio {run['cost_ratio']:.3f}" in proc.stdout
     assert regions["meets_target"] == (regions["synthetic"]["cost_ratio"] <= 1.1)
     assert "target: N regions cost at most N x the bare batch-3 cost per image + 10%" in proc.stdout
