@@ -1,0 +1,81 @@
+"""The daemon assembled: the lanes' sessions warmed, the regions' groups, states and snapshots (watch.py),
+the sinks started with what they may know (SinkContext), the pipeline. cli.py calls assemble() once the
+config is loaded and the run plan and model are settled."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("edge_runtime")
+
+
+def warn_untrained(engine) -> None:
+    if engine.spec.untrained:
+        bar = "!" * 78
+        for line in (bar, f"MODEL HAS UNTRAINED (RANDOM) WEIGHTS: {engine.path}",
+                     "Its predictions are meaningless. It proves the pipeline runs, nothing more.",
+                     "Get real ImageNet weights: python -m edge_runtime fetch-model (no PyTorch needed), or "
+                     "your own: models/README.md.",
+                     bar):
+            log.warning(line)
+
+
+def assemble(cfg, plan, engine, region_engines=None, *, stop):
+    """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the sinks."""
+    import cv2
+
+    from .notify import Notifier
+    from .pipeline import Pipeline, PipelineOptions
+    from .plan import lane_engines
+    from .sinks import SinkContext, build_sinks
+    from .stats import Stats
+
+    # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
+    # fight onnxruntime's threads for the same cores (measured: slower, not faster).
+    cv2.setNumThreads(1)
+    log.info("model: %s", engine.describe())
+    warn_untrained(engine)
+    engines = lane_engines(engine, plan.lanes)
+    sessions = list(dict.fromkeys(engines))
+    for e in sessions:
+        e.warm_up(batch=plan.batch)
+    if plan.lanes > 1 or plan.batch > 1:
+        shared = ", one shared session" if plan.lanes > 1 and len(sessions) == 1 else ""
+        log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
+                 "published in order", plan.lanes, engines[0].threads, shared, plan.batch)
+    stats = Stats()
+    info = engine.info()
+    # In every stats line: which model, and whether its labels mean anything.
+    stats.set_extra("model", {"path": info["path"], "arch": info["arch"], "untrained": engine.spec.untrained})
+    sinks = build_sinks(cfg)
+    options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
+                              batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
+                              reconnect_initial=cfg.capture.reconnect_initial_delay,
+                              reconnect_max=cfg.capture.reconnect_max_delay)
+    watch, groups = build_watch(cfg, plan, sinks, stats, region_engines or {})
+    pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.display_uri,
+                        stop=stop, notifier=Notifier(), stats=stats, watch=watch, region_groups=groups)
+    context = SinkContext(stats=stats, stop=stop, live=plan.live, model_info=info,
+                          health=pipeline.health, regions=cfg.regions,
+                          snapshot_reader=watch.writer.read if watch.writer else None)
+    for sink in sinks:
+        sink.start(context)
+    watch.start()
+    return pipeline, sinks
+
+
+def build_watch(cfg, plan, sinks, stats, region_engines: dict):
+    """States, events and snapshots (watch.py), and each lane's region groups (warmed up; None without regions)."""
+    from .snapshots import SnapshotWriter
+    from .watch import Watch, lane_groups
+
+    writer = SnapshotWriter.from_config(cfg.snapshots, stats=stats)
+    watch = Watch(cfg.regions, cfg.publish, sinks, writer, stats)
+    if not cfg.regions:
+        return watch, None
+    groups = lane_groups(cfg.regions, cfg.model, region_engines, plan.lanes, cfg.top_k)
+    warm = {id(g.engine): g for lane in groups for g in lane}      # each session once, at its regions' batch
+    for group in warm.values():
+        group.engine.warm_up(batch=len(group.tensor))
+    log.info("%d region(s): %s", len(cfg.regions), ", ".join(f"{r.name} {list(r.box)}" for r in cfg.regions))
+    return watch, groups
