@@ -134,11 +134,14 @@ def test_collect_train_reload_and_follow_the_door(tmp_path):
     predictions = [x for x in lines if x["type"] == "prediction" and x.get("region") == "door"]
     events = [x for x in lines if x["type"] == "event" and x["region"] == "door"]
     assert [p["frame"] for p in predictions] == list(range(len(states)))      # every frame, in order
-    # The reload took effect during the warm-up: from then on, only the trained model's labels.
-    swapped = next((p["frame"] for p in predictions if p["top"][0]["label"] in STATES), None)
-    assert swapped is not None and swapped < changes[0], \
+    # The reload took effect during the warm-up: the untrained model's last frame comes before the first
+    # change. (Two lanes take the new model each at its next frame: the last old frame, not the first new one.)
+    old = [p["frame"] for p in predictions if p["top"][0]["label"] not in STATES]
+    assert old and old[0] == 0, "the untrained model did not classify the first frames"
+    swapped = old[-1] + 1
+    assert swapped < changes[0], \
         f"the reload took effect at frame {swapped}, not before the first change at frame {changes[0]}"
-    assert all(p["top"][0]["label"] in STATES for p in predictions if p["frame"] >= swapped)
+    assert all(p["top"][0]["label"].startswith("class ") for p in predictions if p["frame"] < swapped - 2)
 
     # 4. The region's events follow the door: each change gets one event to the true state within
     # FOLLOW_WITHIN frames, and no other event until the next change.
