@@ -10,6 +10,9 @@
   GET /stream.mjpg   MJPEG (multipart/x-mixed-replace) at http.mjpeg_fps
   GET /events        the last 100 events (state changes), newest first
   GET /snapshots/F   an event's snapshot JPEG (only the snapshot folder's own files)
+  POST /collect?label=L[&region=R]   with http.collect_dir set: the latest frame (or region R's crop) as a
+                     training image in collect_dir/L/, as `python -m edge_runtime collect` saves it;
+                     cross-site requests (Origin, else Referer, not this page's host) get 403
 
 From the inference loop, prediction() only stores references (record, frame image) and feeds the
 latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
@@ -34,7 +37,7 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import system
 from ..addresses import hostname, parse_listen, redact
@@ -53,6 +56,31 @@ HEAD_MAX_BYTES = 32768      # a GET's head is a few hundred bytes (a browser's c
 MAX_PENDING_HEADS = 128     # connections still sending their head; beyond this the oldest is dropped
 LIGHT_PATHS = ("/healthz", "/metrics")
 LIGHT_RESERVE = 4           # extra slots for the light paths: monitoring sees the truth when all are held
+
+
+def same_origin(headers) -> bool:
+    """Browsers name the page that sends a POST in Origin (always on a cross-site POST; some older ones
+    send only Referer on a same-site one). It must be this server as the request's Host names it, so
+    another site's page (a form or fetch aimed at 127.0.0.1) cannot make the device save frames.
+    Neither header: not a browser (curl, a script), allowed like every other endpoint."""
+    host = (headers.get("Host") or "").strip().lower()
+    for name in ("Origin", "Referer"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            url = urlsplit(value.strip())
+        except ValueError:
+            return False
+        return url.scheme in ("http", "https") and bool(host) and \
+            _authority(url.netloc.lower(), url.scheme) == _authority(host, "http")
+    return True
+
+
+def _authority(netloc: str, scheme: str) -> str:
+    """host[:port] without the scheme's default port: `cam.lan:80` and `cam.lan` are one page."""
+    default = ":443" if scheme == "https" else ":80"
+    return netloc[:-len(default)] if netloc.endswith(default) else netloc
 
 
 class _Server(ThreadingHTTPServer):
@@ -338,6 +366,22 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:            # the client went away or stopped reading (socket timeout)
             self.close_connection = True
 
+    def do_POST(self):
+        sink = self.server.sink
+        sink.count_request()
+        self.close_connection = True        # a body, if one was sent, is not read: parameters are in the query
+        if not self.server.allowed_host(self.headers.get("Host")):
+            self._json(421, {"error": "unknown Host; add it to http.allowed_hosts to serve it"})
+            return
+        path, _, query = self.path.partition("?")
+        try:
+            if path == "/collect":
+                self._json(*sink.collect_request(query, self.headers))
+            else:
+                self._json(404, {"error": "not found", "endpoints": ["POST /collect"]})
+        except OSError:
+            pass
+
     def _stream(self, sink: "HttpSink") -> None:
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
@@ -390,6 +434,7 @@ class HttpSink(Sink):
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)   # newest last
         self._region_latest: dict[str, dict] = {}               # region -> its last record
         self._last_frame = -1
+        self._collect_lock = threading.Lock()
 
     def start(self, context: SinkContext) -> "HttpSink":
         """Bind, serve in a thread of its own. The context gives health and model info."""
@@ -478,7 +523,7 @@ class HttpSink(Sink):
         return {"host": hostname(), "fps": self.live_fps(), "frames": self._seq,
                 "latency_ms": record["latency_ms"] if record else None,
                 "cpu_temp_c": system.cpu_temp_c(), "health": self.health(), "mjpeg_fps": self.cfg.mjpeg_fps,
-                "stats": self._last_line, "regions": self.region_view()}
+                "stats": self._last_line, "regions": self.region_view(), "collect": bool(self.cfg.collect_dir)}
 
     # -- regions and events (watch.py) --
 
@@ -511,6 +556,55 @@ class HttpSink(Sink):
         if data is None:
             return 404, b'{"error":"no such snapshot"}\n', "application/json"
         return 200, data, "image/jpeg"
+
+    # -- POST /collect: the live page's "save this frame as ..." --
+
+    def collect_request(self, query: str, headers) -> tuple[int, dict]:
+        """(status, JSON) for POST /collect?label=L[&region=R]: the latest frame, or region R's crop at the
+        source's resolution, saved as `collect` saves it (its label check, its writer) in collect_dir/L/."""
+        from .. import collect
+        from ..errors import ConfigError
+        from ..regions import crop
+
+        if not same_origin(headers):
+            return 403, {"error": "cross-site request refused: its Origin (or Referer) is not this page"}
+        if not self.cfg.collect_dir:
+            return 404, {"error": "saving frames is off: set http.collect_dir in the config"}
+        try:
+            params = parse_qs(query, keep_blank_values=True, max_num_fields=4, strict_parsing=bool(query))
+        except ValueError:
+            return 400, {"error": "expected ?label=LABEL[&region=REGION]"}
+        if any(len(v) > 1 for v in params.values()) or set(params) - {"label", "region"}:
+            return 400, {"error": "expected ?label=LABEL[&region=REGION], each once"}
+        label = params.get("label", [""])[0]
+        name = params.get("region", [None])[0]
+        try:
+            label = label if label == collect.UNLABELED else collect.check_label(label)
+        except ConfigError as exc:
+            return 400, {"error": f"label: {exc.detail}"}
+        region = next((r for r in self.context.regions if r.name == name), None)
+        if name is not None and region is None:
+            names = ", ".join(r.name for r in self.context.regions) or "none"
+            return 400, {"error": f"no region {name!r}; configured regions: {names}"}
+        latest = self._latest
+        if latest is None or latest[2] is None:
+            return 503, {"error": "no frame yet"}
+        image = latest[2] if region is None else crop(latest[2], region.box)
+        if image.ndim == 3 and image.shape[2] == 4:
+            import cv2
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        with self._collect_lock:        # one writer at a time: collect's Writer has one temp file per process
+            try:
+                collect.output_folder(self.cfg.collect_dir, label)
+                folder = Path(self.cfg.collect_dir).expanduser() / label
+                path = collect.Writer(folder, f"{name}_" if region is not None else "").save(image)
+                count = sum(1 for p in folder.iterdir() if p.suffix == ".jpg")
+            except collect.CollectError as exc:
+                log.warning("http: could not save a frame: %s", exc)
+                return 500, {"error": str(exc)}
+        log.info("http: saved %s (%dx%d) for label %s", path, image.shape[1], image.shape[0], label)
+        return 200, {"saved": f"{label}/{path.name}", "label": label, "region": name, "frame": latest[1].get("frame"),
+                     "width": int(image.shape[1]), "height": int(image.shape[0]), "images": count}
 
     def jpeg(self) -> tuple[int, bytes] | None:
         """(seq, JPEG of the latest frame), encoded here at most mjpeg_fps times a second, shared by all viewers."""
