@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -250,3 +255,130 @@ class Subscriber:
 def mqtt_client():
     import paho.mqtt.client as paho
     return paho
+
+
+# --- HTTP and headless Chromium -----------------------------------------------------------------
+
+BASH = shutil.which("bash") or "/bin/bash"     # moves the pipe ends to fds 3 and 4 (dash cannot name fds > 9)
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if p and os.path.exists(p)), None)
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+class Dom(HTMLParser):
+    """Just enough of a DOM to query a serialised page: elements with attributes, text and ancestors."""
+
+    VOID = {"img", "br", "meta", "link", "input", "hr", "source"}
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.elements: list[dict] = []
+        self._stack: list[dict] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        el = {"tag": tag, "attrs": dict(attrs), "text": "", "ancestors": list(self._stack)}
+        self.elements.append(el)
+        if tag not in self.VOID:
+            self._stack.append(el)
+
+    def handle_endtag(self, tag):
+        while self._stack:
+            if self._stack.pop()["tag"] == tag:
+                break
+
+    def handle_data(self, data):
+        for el in self._stack:
+            el["text"] += data
+
+    def by_id(self, ident: str) -> dict:
+        return next(e for e in self.elements if e["attrs"].get("id") == ident)
+
+    def select(self, cls: str, inside: str) -> list[dict]:
+        return [e for e in self.elements if cls in e["attrs"].get("class", "").split()
+                and any(a["attrs"].get("id") == inside for a in e["ancestors"])]
+
+
+class Chromium:
+    """Headless Chromium driven over --remote-debugging-pipe (fd 3 commands, fd 4 replies, NUL-separated JSON)."""
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", "--remote-debugging-pipe"]
+
+    def __init__(self, workdir: Path):
+        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=workdir)
+        cmd_r, self._cmd_w = os.pipe()
+        self._resp_r, resp_w = os.pipe()
+        script = f'exec "$0" "$@" 3<&{cmd_r} 4>&{resp_w}'
+        with open(workdir / "chromium.log", "wb") as log:
+            self.proc = subprocess.Popen([BASH, "-c", script, CHROMIUM, *self.FLAGS,
+                                          f"--user-data-dir={self.profile}", "about:blank"],
+                                         pass_fds=(cmd_r, resp_w), stdout=log, stderr=log, start_new_session=True)
+        os.close(cmd_r)
+        os.close(resp_w)
+        self._buf = b""
+        self._id = 0
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 20):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"chromium did not answer {method} within {timeout} s")
+            if select.select([self._resp_r], [], [], left)[0]:
+                chunk = os.read(self._resp_r, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("chromium exited")
+                self._buf += chunk
+
+    def open(self, url: str, width: int, height: int) -> str:
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session)
+        self.call("Page.enable", session=session)
+        self.call("Page.navigate", {"url": url}, session)
+        return session
+
+    def evaluate(self, session: str, expression: str):
+        """The expression's value, or None while it throws (e.g. the page is still loading)."""
+        reply = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        return None if "exceptionDetails" in reply else reply["result"].get("value")
+
+    def close(self) -> None:
+        for fd in (self._cmd_w, self._resp_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)      # chromium and its helper processes: our own group
+            self.proc.wait(5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
+        shutil.rmtree(self.profile, ignore_errors=True)

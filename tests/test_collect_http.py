@@ -166,7 +166,7 @@ def test_collect_dir_is_relative_to_the_config_file(tmp_path):
 # --- the page in headless Chromium ----------------------------------------------------------------
 
 def browser_or_skip(tmp_path):
-    from test_http import CHROMIUM, Chromium
+    from harness import CHROMIUM, Chromium
 
     if CHROMIUM is None:
         pytest.skip("needs Chromium: apt-get install chromium")

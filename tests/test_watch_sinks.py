@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from harness import Daemon, free_port, wait_until
-from test_http import CHROMIUM, Chromium, _Dom, get
+from harness import CHROMIUM, Chromium, Dom, get
 from test_mqtt import MOSQUITTO, Broker, Subscriber, check_ha_sensor
 from test_watch import DOOR_BOX, FEEDER_BOX, model_path, write_clip
 
@@ -178,4 +178,4 @@ def test_live_page_shows_region_boxes_and_events(watched, tmp_path):
     assert door["rect"]["height"] == pytest.approx(img["height"], abs=3)
     assert any(text.startswith("door: ") and "→" in text for text in view["events"])
     assert all(src.startswith("/snapshots/") for src, _ in view["thumbs"])
-    assert _Dom(html).by_id("health")["text"] == "healthy"
+    assert Dom(html).by_id("health")["text"] == "healthy"
