@@ -308,11 +308,13 @@ def test_no_secret_in_any_output(tmp_path, camera_server, form, secret):
         if sub is not None:
             wait_until(lambda: sub.payloads("cam/prediction"), 10, "an MQTT prediction")
     finally:
-        rc = d.stop()
-        if sub is not None:
-            sub.close()
-        if broker is not None:
-            broker.stop()
+        try:
+            rc = d.stop()
+        finally:                    # the broker must not outlive a failed test
+            if sub is not None:
+                sub.close()
+            if broker is not None:
+                broker.stop()
     status = []
     notify.setblocking(False)
     while True:
