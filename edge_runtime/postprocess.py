@@ -37,18 +37,8 @@ class Postprocessor:
         self._labels: dict[int, str] = {}     # index -> printable label, filled as met (top_block)
 
     def scores(self, output: np.ndarray) -> np.ndarray:
-        out = output.reshape(-1)
-        if np.issubdtype(out.dtype, np.integer):
-            # A quantised softmax (TFLite convention: uint8, scale 1/256, zero point 0).
-            scale = self.spec.output_scale or (1.0 / 256.0 if out.dtype == np.uint8 else 1.0)
-            out = out.astype(np.float32) * np.float32(scale)
-        elif self.spec.output_scale:
-            out = out * np.float32(self.spec.output_scale)
-        if self.spec.output == "logits":
-            out = out.astype(np.float32, copy=False)
-            e = np.exp(out - out.max())
-            out = e / e.sum()
-        return out
+        """One output's class scores: scaled to probabilities, softmax for logits (scores_block's rule)."""
+        return self.scores_block(np.asarray(output).reshape(1, -1))[0]
 
     def top(self, output: np.ndarray) -> list[dict]:
         scores = self.scores(output)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge_runtime.modelzoo.mobilenetv3_onnx import fit_problems
+
 from .common import ToolError, first_line
 
 FORMAT = "edge_runtime.models/1"
@@ -78,18 +80,8 @@ def save(path: str | Path, model: nn.Module, *, arch: str, width_mult: float, cl
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict(strict=True) with a one-line error saying what does not fit."""
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in ours]
-    shapes = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in ours.items()
-              if k in state_dict and state_dict[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if shapes:
-        problems.append(f"{len(shapes)} with another shape (e.g. {shapes[0]})")
+    problems = fit_problems({k: tuple(v.shape) for k, v in state_dict.items()},
+                            {k: tuple(v.shape) for k, v in model.state_dict().items()})
     if problems:
         raise ToolError(f"weights {source} do not fit this architecture: " + "; ".join(problems)
                         + " — check --arch, --width-mult and --num-classes")

@@ -47,6 +47,24 @@ def test_block_equals_rows(output, scale, dtype, top_k):
         assert post.top_block(block) == slow(post, block)
 
 
+@pytest.mark.parametrize("output,scale,dtype", CASES)
+def test_scores_against_the_obvious_formula(output, scale, dtype):
+    """The one scoring rule (scores_block, which scores() uses too) against a slow float64 reference."""
+    rng = np.random.default_rng(3)
+    post = Postprocessor(spec(output, scale), 5)
+    for row in (rng.integers(0, 255, 1000) if np.issubdtype(dtype, np.integer) else rng.standard_normal(1000) * 4,):
+        row = row.astype(dtype)
+        x = row.astype(np.float64)
+        if np.issubdtype(dtype, np.integer):
+            x = x * (scale or (1 / 256 if dtype == np.uint8 else 1.0))
+        elif scale:
+            x = x * scale
+        if output == "logits":
+            x = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+        assert np.allclose(post.scores(row), x, rtol=1e-5, atol=1e-7)
+        assert np.allclose(post.scores_block(np.stack([row, row]))[1], x, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_non_finite_row_is_refused_alone(bad):
     rng = np.random.default_rng(1)

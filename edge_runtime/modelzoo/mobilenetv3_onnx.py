@@ -15,7 +15,7 @@ still answers differently for different frames instead of ~1e-9 logits everywher
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -108,13 +108,13 @@ def expected_shapes(net: Network) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_weights(state: Mapping[str, np.ndarray], net: Network) -> None:
-    """WeightsError naming what does not fit (as models/checkpoint.load_into words it)."""
-    want = expected_shapes(net)
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    shapes = [f"{k} {list(np.shape(state[k]))} vs {list(v)}" for k, v in want.items()
-              if k in state and tuple(np.shape(state[k])) != v]
+def fit_problems(have: Mapping[str, Sequence[int]], want: Mapping[str, Sequence[int]]) -> list[str]:
+    """What keeps weights of shapes `have` from loading strictly where `want` is expected: missing and
+    unexpected keys, other shapes (one phrase each, with an example). Also models/checkpoint.load_into's."""
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    shapes = [f"{k} {list(have[k])} vs {list(v)}" for k, v in want.items()
+              if k in have and tuple(have[k]) != tuple(v)]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
@@ -122,6 +122,13 @@ def check_weights(state: Mapping[str, np.ndarray], net: Network) -> None:
         problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     if shapes:
         problems.append(f"{len(shapes)} with another shape (e.g. {shapes[0]})")
+    return problems
+
+
+def check_weights(state: Mapping[str, np.ndarray], net: Network) -> None:
+    """WeightsError naming what does not fit (as models/checkpoint.load_into words it)."""
+    want = expected_shapes(net)
+    problems = fit_problems({k: np.shape(v) for k, v in state.items()}, want)
     if problems:
         raise WeightsError(f"the weights do not fit {net.arch} with {net.num_classes} classes: " + "; ".join(problems))
     bad = [k for k in want if k in state and not np.all(np.isfinite(np.asarray(state[k], dtype=np.float64)))]
