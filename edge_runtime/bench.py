@@ -571,6 +571,17 @@ def region_flags(n: int) -> list[str]:
     return flags
 
 
+def lane_breakdown(run: dict, lanes: int, frame_ms: float, bare_run_ms: float) -> dict:
+    """Where one lane's time per frame goes, from the daemon's own stats line (p50 of its preprocessing,
+    here the crops, and of its session.run), against bare session.run in the same lanes: with `lanes`
+    lanes side by side a lane takes lanes x frame_ms per frame; the rest is everything else."""
+    cycle = lanes * frame_ms
+    crops = run["latency_ms"]["preprocess"]["p50"]
+    session_run = run["latency_ms"]["inference"]["p50"]
+    return {"cycle": round(cycle, 3), "crops": crops, "session_run": session_run,
+            "bare_session_run": round(bare_run_ms, 3), "rest": round(cycle - crops - session_run, 3)}
+
+
 def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
     """The daemon with N regions of one model (N crops per frame, one session.run per frame when the
     batch axis is dynamic) against bare session.run at batch N, in alternating rounds, on synthetic
@@ -609,11 +620,16 @@ def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
         frame_ms = 1000.0 / best["fps"]
         out[name] = dict(best, ms_per_frame=round(frame_ms, 4), cost_ratio=round(frame_ms / bare_frame_ms, 3),
                          cost_ratio_vs_lanes=round(frame_ms / lanes_frame_ms, 3), fps_rounds=[d["fps"] for d in got])
+        out[name]["lane_ms"] = lane_breakdown(best, plan.lanes, frame_ms, plan.lanes * lanes_frame_ms)
         print(f"{n} regions on {name}: the daemon takes {frame_ms:.3f} ms a frame ({best['fps']:.1f} frames/s, "
               f"{best['prediction_lines']} region records, cpu {best['cpu_cores_used']} cores); bare session.run "
               f"at batch {bare_batch}: {bare_frame_ms:.3f} ms for {n} images. Cost ratio "
               f"{out[name]['cost_ratio']:.3f} (best rounds); against bare in the daemon's arrangement "
               f"{out[name]['cost_ratio_vs_lanes']:.3f}")
+        lane = out[name]["lane_ms"]
+        print(f"  where a lane's time goes, per frame (p50): crops {lane['crops']:.3f} ms, session.run "
+              f"{lane['session_run']:.3f} ms (bare, same lanes: {lane['bare_session_run']:.3f}), the rest (top-k, "
+              f"records, states, hand-off, waits) {lane['rest']:.3f} ms; {plan.lanes} lane(s) side by side")
     out["meets_target"] = out["synthetic"]["cost_ratio"] <= REGIONS_TARGET
     print(f"target: N regions cost at most N x the bare batch-{bare_batch} cost per image + 10% (ratio <= "
           f"{REGIONS_TARGET}, without decoding): {'met' if out['meets_target'] else 'NOT met'}")

@@ -110,7 +110,7 @@ class Metrics:
                 yield GaugeMetricFamily("edge_runtime_last_frame_age_seconds",
                                         "Seconds since the last processed frame", value=float(age))
 
-        mqtt = s.extra.get("mqtt")
+        mqtt = s.get_extra("mqtt")
         if isinstance(mqtt, dict):
             yield GaugeMetricFamily("edge_runtime_mqtt_connected", "1 while connected to the MQTT broker",
                                     value=1.0 if mqtt.get("connected") else 0.0)
@@ -124,22 +124,27 @@ class Metrics:
 
         for key, doc in (("written", "Event snapshots written"), ("failed", "Event snapshots that could not be "
                          "written (disk full, read-only)"), ("dropped", "Event snapshots dropped (writer behind)")):
-            if f"snapshots_{key}" in s.extra:      # set by snapshots.SnapshotWriter once started
+            count = s.get_extra(f"snapshots_{key}")     # set by snapshots.SnapshotWriter once started
+            if count is not None:
                 c = CounterMetricFamily(f"edge_runtime_snapshots_{key}", doc)
-                c.add_metric([], float(s.extra[f"snapshots_{key}"]))
+                c.add_metric([], float(count))
                 yield c
 
-        regions = s.extra.get("regions")
+        regions = s.get_extra("regions")
         if isinstance(regions, dict):           # set by watch.Watch when regions are configured
             frames = CounterMetricFamily("edge_runtime_region_frames", "Frames classified per region",
                                          labels=["region"])
             changes = CounterMetricFamily("edge_runtime_region_state_changes", "State changes (events) per region",
                                           labels=["region"])
+            refused = CounterMetricFamily("edge_runtime_region_frames_refused", "Frames in which a region's scores "
+                                          "held NaN or infinity (left out of that frame)", labels=["region"])
             for name, summary in regions.items():
                 frames.add_metric([name], float(summary.get("frames", 0)))
                 changes.add_metric([name], float(summary.get("changes", 0)))
+                refused.add_metric([name], float(summary.get("refused", 0)))
             yield frames
             yield changes
+            yield refused
 
         if self.extra_collect is not None:
             yield from self.extra_collect()

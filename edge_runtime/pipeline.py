@@ -9,10 +9,10 @@ synthetic; one for live sources), preprocessing each into its slot of the tensor
 inference once for the batch → postprocess → hand the results to the publisher (publisher.py), which
 gives them to the sinks one per frame, strictly in frame order. With two lanes of one thread each,
 one lane's Python work (reading, preprocessing, publishing) runs while the other is in inference, so
-the cores do not sit idle between session.run calls; a batch pays onnxruntime's per-operator
-overhead once for N frames (measured, docs/BENCHMARKS.md). How many lanes, threads and frames per
-inference is decided once, in plan.py. Live sources default to one lane with all threads and one
-frame per inference (lowest latency on the newest frame).
+the cores do not sit idle between session.run calls (the lanes take turns for that work: `Turns`);
+a batch pays onnxruntime's per-operator overhead once for N frames (measured, docs/BENCHMARKS.md).
+How many lanes, threads and frames per inference is decided once, in plan.py. Live sources default
+to one lane with all threads and one frame per inference (lowest latency on the newest frame).
 
 With regions (watch.py), a lane classifies each frame's regions instead of the frame: one run per model
 and frame (its RegionGroups), a top-k per region; the publisher then writes a record per region and feeds
@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -70,6 +71,40 @@ class Lane:
         self.tensor = self.pre.new_buffer(batch)    # reused for every batch this lane takes
 
 
+class Turns:
+    """Lanes of a throughput source take turns for their Python work and overlap only in session.run.
+
+    Two lanes' Python work at the same time only interleaves on the GIL: every OpenCV or numpy call
+    hands it over and waits to get it back, and each lane's work takes longer. Taking turns, the
+    lanes settle into alternation (one works while the other infers) and the waits go: 3-7% more
+    frames/s with two lanes, regions and whole frames (docs/BENCHMARKS.md). Live sources do not take
+    turns: a lane there waits for the next frame while it reads, and must not hold the others up.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self._lock = threading.Lock() if enabled else None
+
+    def __enter__(self) -> None:
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    @contextmanager
+    def released(self):
+        """Around a session.run inside a turn: the other lanes work meanwhile."""
+        if self._lock is None:
+            yield
+            return
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
+
 @dataclass
 class Taken:
     """Frames a lane has read, preprocessed into its tensor: the usable ones as (slot, preprocess ms)."""
@@ -104,6 +139,7 @@ class Pipeline:
         self.stats = stats or Stats()
         self.source_uri = source_uri
         self.inline = not live and options.inline_reader
+        self.turns = Turns(enabled=self.inline and len(self.lanes) > 1)
         self.feed: FrameFeed = Handoff(live, self.stats)
         self.publisher = Publisher(sinks, self.stats, self.notifier, self.stop, source_uri, options.max_frames,
                                    watch=watch, untrained=self.lanes[0].engine.spec.untrained)
@@ -205,12 +241,13 @@ class Pipeline:
                 # Frames read but not yet published: every lane's batch in flight plus one more batch, so
                 # a lane that finishes first goes on; beyond that it waits.
                 self.publisher.wait_for_room(max(2 * len(self.lanes), (len(self.lanes) + 1) * lane.batch))
-                taken = self._take(lane)                # read + preprocess into the lane's tensor
-                if taken is None:
-                    return
-                if taken.frames:
-                    results = self._infer(lane, taken)  # one session.run → postprocess
-                    self.publisher.deliver(taken.seq, results)
+                with self.turns:                        # this lane's turn, but for its session.run
+                    taken = self._take(lane)            # read + preprocess into the lane's tensor
+                    if taken is None:
+                        return
+                    if taken.frames:
+                        results = self._infer(lane, taken)  # one session.run → postprocess
+                        self.publisher.deliver(taken.seq, results)
             self._raise_source_error()
         except BaseException as exc:  # hand it to the main thread, stop the others
             if self._failure is None:
@@ -284,7 +321,8 @@ class Pipeline:
         results: list[Result] = [None] * len(taken.frames)
         if taken.usable:
             t1 = time.perf_counter()
-            outputs = lane.engine.run_batch(lane.tensor[:len(taken.frames)])
+            with self.turns.released():
+                outputs = lane.engine.run_batch(lane.tensor[:len(taken.frames)])
             inf_ms = (time.perf_counter() - t1) * 1000.0    # each frame of the batch waited for the whole run
             for i, pre_ms in taken.usable:
                 try:
@@ -300,13 +338,15 @@ class Pipeline:
         try:
             refused = []
             for group in lane.groups:
-                for name, top in zip(group.names, group.classify(frame.image), strict=True):
+                for name, top in zip(group.names, group.classify(frame.image, self.turns.released), strict=True):
                     if top is None:
                         refused.append(name)
                     else:
                         tops[name] = top
                 pre_ms, inf_ms = pre_ms + group.last_ms[0], inf_ms + group.last_ms[1]
             if refused:         # a NaN/inf row drops its region alone; the frame only if all are refused
+                if self.watch is not None:
+                    self.watch.refused(refused)
                 exc = NonFiniteOutput(f"the model's output holds NaN or infinity (regions {', '.join(refused)})")
                 if not tops:
                     raise exc

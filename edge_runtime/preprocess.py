@@ -73,13 +73,18 @@ class Preprocessor:
     def new_buffer(self, batch: int = 1) -> np.ndarray:
         return np.empty((batch,) + self.shape[1:], dtype=self.dtype)
 
+    def window(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of a height x width frame that becomes the model input (crop_box)."""
+        return crop_box(height, width, self.spec)
+
     def resize(self, frame: np.ndarray) -> np.ndarray:
         """Crop + resize to the model's size, still BGR uint8 HxWx3 (an internal buffer)."""
         frame = as_bgr(frame)
-        height, width = frame.shape[:2]
-        y0, y1, x0, x1 = crop_box(height, width, self.spec)
+        y0, y1, x0, x1 = crop_box(frame.shape[0], frame.shape[1], self.spec)
+        return self._resize(frame[y0:y1, x0:x1])
+
+    def _resize(self, region: np.ndarray) -> np.ndarray:
         out_h, out_w = self.spec.size
-        region = frame[y0:y1, x0:x1]
         if region.shape[0] == out_h and region.shape[1] == out_w:
             np.copyto(self._resized, region)
         else:
@@ -87,9 +92,19 @@ class Preprocessor:
         return self._resized
 
     def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        small = self.resize(frame)
         if out is None:
             out = self.new_buffer()
+        return self._fill(self.resize(frame), out)
+
+    def fill_window(self, frame: np.ndarray, window: tuple[int, int, int, int], out: np.ndarray) -> np.ndarray:
+        """The model input from `window` (y0, y1, x0, x1 in frame pixels) of a BGR frame, taken as is:
+        the caller has already applied `window()` (regions.model_windows). Same tensor as calling the
+        preprocessor on the region's crop; the crop is not worked out again for every frame."""
+        y0, y1, x0, x1 = window
+        return self._fill(self._resize(frame[y0:y1, x0:x1]), out)
+
+    def _fill(self, small: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The model-size BGR image into out[0]: colour order, normalisation, layout, dtype."""
         order = self._order
         if self.spec.dtype == "uint8":
             if self.spec.layout == "nhwc":

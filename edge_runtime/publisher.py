@@ -119,8 +119,7 @@ class Publisher:
         self.last_processed_mono = now
         self.processed += 1
         for sink in self.sinks:
-            for record in records:
-                sink.prediction(record, frame)
+            sink.frame_records(records, frame)
         if self.watch is not None:
             self.watch.frame_done(frame, top if isinstance(top, dict) else {"frame": top})
         if self.processed == 1:

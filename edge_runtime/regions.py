@@ -10,6 +10,7 @@ model with a dynamic batch axis cost one `session.run`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -129,17 +130,37 @@ def crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     return image[y0:y1, x0:x1]
 
 
-def fill_batch(pre, image: np.ndarray, boxes: Sequence[Sequence[float]], tensor: np.ndarray) -> np.ndarray:
-    """Preprocess each box of `image` into its own slot of `tensor` (slot i = boxes[i]).
+def model_windows(pre, boxes: Sequence[Sequence[float]], height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """For each box, the window of a height x width frame that becomes the model input: the box in
+    pixels (crop_pixels), then the model's own crop of that (Preprocessor.window), in frame pixels
+    as (y0, y1, x0, x1). The same for every frame of one size, so a RegionGroup computes it once."""
+    windows = []
+    for box in boxes:
+        x0, y0, x1, y1 = crop_pixels(box, width, height)
+        a0, a1, b0, b1 = pre.window(y1 - y0, x1 - x0)
+        windows.append((y0 + a0, y0 + a1, x0 + b0, x0 + b1))
+    return windows
 
-    `pre` is the model's Preprocessor; `tensor` holds at least len(boxes) slots (pre.new_buffer(N)).
+
+def fill_batch(pre, image: np.ndarray, boxes: Sequence[Sequence[float]], tensor: np.ndarray,
+               windows: Sequence[tuple[int, int, int, int]] | None = None) -> np.ndarray:
+    """Preprocess each box of `image` into its own slot of `tensor` (slot i = boxes[i]), exactly as
+    `pre(crop(image, box))` would (tests/test_regions.py checks it slot by slot).
+
+    `pre` is the model's Preprocessor; `tensor` holds at least len(boxes) slots (pre.new_buffer(N));
+    `windows`: model_windows() for this image's size, if the caller keeps them.
     Returns tensor[:len(boxes)], ready for one Engine.run_batch.
     """
+    from .preprocess import as_bgr      # here, not at the top: config imports this module, cv2 costs 23 ms
+
     n = len(boxes)
     if n > len(tensor):
         raise ValueError(f"{n} regions but the tensor has {len(tensor)} slots")
-    for slot, box in enumerate(boxes):
-        pre(crop(image, box), tensor[slot:slot + 1])
+    image = as_bgr(image)
+    if windows is None:
+        windows = model_windows(pre, boxes, image.shape[0], image.shape[1])
+    for slot, window in enumerate(windows):
+        pre.fill_window(image, window, tensor[slot:slot + 1])
     return tensor[:n]
 
 
@@ -176,7 +197,7 @@ class RegionGroup:
 
     def __init__(self, engine, regions: Sequence[RegionConfig], top_k: int = 5):
         from .postprocess import Postprocessor
-        from .preprocess import Preprocessor
+        from .preprocess import Preprocessor, as_bgr
 
         if not regions:
             raise ValueError("a region group needs at least one region")
@@ -186,25 +207,40 @@ class RegionGroup:
         self.boxes = [r.box for r in self.regions]
         self.pre = Preprocessor(engine.spec.input)
         self.post = Postprocessor(engine.spec, top_k)
+        self._as_bgr = as_bgr
         self.tensor = self.pre.new_buffer(len(self.regions) if engine.batch_axis_dynamic else 1)
         self.last_ms = (0.0, 0.0)        # (preprocessing, inference) of the last classify(), for stats
+        self._windows: tuple[tuple[int, int], list] = ((0, 0), [])    # (frame size, model_windows) last used
 
-    def classify(self, image: np.ndarray) -> list[list[dict] | None]:
+    def windows(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """model_windows() for this image's size, worked out again only when the frame size changes."""
+        size = image.shape[:2]
+        if self._windows[0] != size:
+            self._windows = (size, model_windows(self.pre, self.boxes, size[0], size[1]))
+        return self._windows[1]
+
+    def classify(self, image: np.ndarray, released=contextlib.nullcontext) -> list[list[dict] | None]:
         """Top-k per region, in the group's order; None for a region whose scores hold NaN/inf (refused
-        alone: the other regions stand). FrameError for an image the Preprocessor refuses."""
+        alone: the other regions stand). FrameError for an image the Preprocessor refuses.
+        `released`: entered around each session.run (the pipeline's lanes take turns for the rest)."""
         start = time.perf_counter()
+        image = self._as_bgr(image)         # FrameError for what the Preprocessor refuses, before the windows
+        windows = self.windows(image)
         if self.engine.batch_axis_dynamic:
-            batch = fill_batch(self.pre, image, self.boxes, self.tensor)
+            batch = fill_batch(self.pre, image, self.boxes, self.tensor, windows)
             mid = time.perf_counter()
-            outputs = self.engine.run_batch(batch)
+            with released():
+                outputs = self.engine.run_batch(batch)
             pre_s, inf_s = mid - start, time.perf_counter() - mid
         else:
             rows, pre_s, inf_s = [], 0.0, 0.0
-            for box in self.boxes:
+            slot = self.tensor[:1]
+            for i in range(len(self.boxes)):
                 t0 = time.perf_counter()
-                self.pre(crop(image, box), self.tensor[:1])
+                fill_batch(self.pre, image, self.boxes[i:i + 1], slot, windows[i:i + 1])
                 t1 = time.perf_counter()
-                rows.append(self.engine.run_batch(self.tensor[:1])[0])
+                with released():
+                    rows.append(self.engine.run_batch(slot)[0])
                 pre_s, inf_s = pre_s + t1 - t0, inf_s + time.perf_counter() - t1
             outputs = rows
         self.last_ms = (pre_s * 1000.0, inf_s * 1000.0)

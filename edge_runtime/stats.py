@@ -50,9 +50,17 @@ class Stats:
             setattr(self, name, getattr(self, name) + n)
 
     def set_extra(self, key: str, values) -> None:
-        """Replace one section of the stats line's extras (a sink's counters); merged by snapshot()."""
+        """Replace one section of the stats line's extras (a sink's counters); merged by snapshot().
+        A callable is asked for its value when a line is made: for values that change every frame
+        (the regions' states), which would otherwise be copied on every frame for a line a minute."""
         with self._lock:
             self.extra[key] = dict(values) if isinstance(values, dict) else values
+
+    def get_extra(self, key: str):
+        """One section of the extras as the next stats line would show it (None if not set)."""
+        with self._lock:
+            value = self.extra.get(key)
+            return value() if callable(value) else value
 
     def captured(self) -> None:
         with self._lock:
@@ -101,7 +109,7 @@ class Stats:
                                "inference_per_frame": _percentiles(self.inference_per_frame_ms),
                                "total": _percentiles(self.total_ms)},
             }
-            line.update(self.extra)
+            line.update({key: value() if callable(value) else value for key, value in self.extra.items()})
         line["cpu_temp_c"] = system.cpu_temp_c()
         line["throttled"] = system.throttled()
         line["rss_mb"] = system.rss_mb()

@@ -11,6 +11,7 @@ sink's `event()`. With no `regions:` the whole frame is the region `frame`, fed 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Mapping, Sequence
 
 from .events import FRAME_REGION, RegionState
@@ -35,11 +36,29 @@ class Watch:
         self.writer = writer
         self.stats = stats
         self.events = 0
+        # Frames in which a region's scores held NaN/inf (left out of that frame): counted by the lanes,
+        # which refuse them before the publisher, so under a lock of its own.
+        self._refused = dict.fromkeys(self.states, 0)
+        self._refused_lock = threading.Lock()
 
     def start(self) -> None:
         if self.writer is not None:
             self.writer.start()
-        self._show()
+        if self.stats is not None and self.regions:
+            # Per-region counts in the stats line, only when regions are configured; asked for when a
+            # line is made, not copied on every frame.
+            self.stats.set_extra("regions", self.summaries)
+
+    def summaries(self) -> dict:
+        with self._refused_lock:
+            refused = dict(self._refused)
+        return {name: {**state.summary(), "refused": refused.get(name, 0)} for name, state in self.states.items()}
+
+    def refused(self, names: Sequence[str]) -> None:
+        """Regions of one frame whose scores held NaN/inf (called by a lane)."""
+        with self._refused_lock:
+            for name in names:
+                self._refused[name] = self._refused.get(name, 0) + 1
 
     def close(self) -> None:
         """Write the snapshots still queued, stop the writer thread. Bounded: SIGTERM must still end the
@@ -57,7 +76,6 @@ class Watch:
             event = state.update(best and best["label"], best and best["score"], frame.index, round(frame.ts, 6))
             if event is not None:
                 self._emit(event, frame)
-        self._show()
 
     def _emit(self, event: dict, frame: Frame) -> None:
         if self.writer is not None and frame.image is not None:
@@ -66,11 +84,6 @@ class Watch:
         self.events += 1
         for sink in self.sinks:
             sink.event(event)
-
-    def _show(self) -> None:
-        """Per-region counts in the stats line, only when regions are configured."""
-        if self.stats is not None and self.regions:
-            self.stats.set_extra("regions", {name: s.summary() for name, s in self.states.items()})
 
 
 def lane_groups(regions: Sequence[RegionConfig], default_model: str, engines: Mapping[str, object], lanes: int,

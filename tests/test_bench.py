@@ -100,6 +100,10 @@ def test_bench_regions_compares_with_bare_batch_n(tiny_model, video_file, tmp_pa
         assert run["cost_ratio_vs_lanes"] == pytest.approx(run["ms_per_frame"] / regions["bare_lanes_ms_per_frame"],
                                                            abs=0.002)
         assert f"3 regions on {name}: " in proc.stdout and f"Cost ratio {run['cost_ratio']:.3f}" in proc.stdout
+        lane = run["lane_ms"]           # a lane's frame: crops + session.run + the rest
+        assert lane["crops"] > 0 and lane["session_run"] > 0 and lane["bare_session_run"] > 0
+        assert lane["cycle"] == pytest.approx(run["ms_per_frame"] * lanes["lanes"], abs=0.002)
+        assert lane["rest"] == pytest.approx(lane["cycle"] - lane["crops"] - lane["session_run"], abs=0.002)
     assert regions["meets_target"] == (regions["synthetic"]["cost_ratio"] <= 1.1)
     assert "target: N regions cost at most N x the bare batch-3 cost per image + 10%" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model), "--regions", "0"],

@@ -95,3 +95,82 @@ def test_live_source_slower_inference_gets_the_newest_frame_and_counts_drops(tin
     assert stats.frames_dropped >= frames[-1] - 19 - 2           # what was skipped was counted
     assert stats.frames_captured <= frames[-1] + 1 + 8   # capture stopped with the last frame (~3 arrive during it)
     assert all(r["latency_ms"]["total"] < 15 + 5 + 10 for r in sink.records[1:])  # fresh, not queued
+
+
+def overlapping(intervals: list[tuple[str, float, float]]) -> int:
+    """How many pairs of intervals from different threads overlap in time."""
+    return sum(1 for i, (ta, a0, a1) in enumerate(intervals) for tb, b0, b1 in intervals[i + 1:]
+               if ta != tb and a0 < b1 and b0 < a1)
+
+
+def test_turns_let_one_lane_work_at_a_time_and_all_of_them_infer_together():
+    """Turns: the work inside a turn never overlaps another thread's; the work inside released() does."""
+    from edge_runtime.pipeline import Turns
+
+    turns, lock = Turns(), threading.Lock()
+    work: list[tuple[str, float, float]] = []
+    runs: list[tuple[str, float, float]] = []
+
+    def lane(name: str) -> None:
+        for _ in range(15):
+            with turns:
+                t0 = time.perf_counter()
+                time.sleep(0.001)                   # releases the GIL: without the turn, the lanes would overlap
+                with lock:
+                    work.append((name, t0, time.perf_counter()))
+                with turns.released():
+                    t0 = time.perf_counter()
+                    time.sleep(0.005)
+                    with lock:
+                        runs.append((name, t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=lane, args=(f"lane-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(work) == len(runs) == 30
+    assert overlapping(work) == 0
+    assert overlapping(runs) > 0
+    with pytest.raises(RuntimeError):           # an error in session.run: the turn is still given back once
+        with turns:
+            with turns.released():
+                raise RuntimeError("run failed")
+    with turns:                                 # not left held
+        pass
+    off = Turns(enabled=False)                  # live sources: no turns, nothing held
+    with off, off.released():
+        pass
+
+
+def test_lanes_of_a_file_source_take_turns_but_a_live_source_does_not(tiny_model):
+    """In a real two-lane pipeline: preprocessing of different lanes never overlaps; their runs do."""
+    sink, finished = ListSink(), []
+    p = pipeline(tiny_model, 2, sink, finished, max_frames=120)
+    lock = threading.Lock()
+    pre: list[tuple[str, float, float]] = []
+    runs: list[tuple[str, float, float]] = []
+
+    class Timed:
+        def __init__(self, inner, into, pause):
+            self.inner, self.into, self.pause = inner, into, pause
+
+        def __call__(self, *args):
+            t0 = time.perf_counter()
+            time.sleep(self.pause)
+            out = self.inner(*args)
+            with lock:
+                self.into.append((threading.current_thread().name, t0, time.perf_counter()))
+            return out
+
+    for lane in p.lanes:
+        lane.pre = Timed(lane.pre, pre, 0.0005)
+        lane.engine.run_batch = Timed(lane.engine.run_batch, runs, 0.002)
+    assert p.run() == 120
+    assert [r["frame"] for r in sink.records] == list(range(120))
+    assert len({name for name, _, _ in pre}) == 2
+    assert overlapping(pre) == 0 and overlapping(runs) > 0
+    make = lambda: open_source("synthetic://320x240?fps=200", SourceOptions())   # noqa: E731
+    live = Pipeline(make, [Engine(str(tiny_model), 1)] * 2, [ListSink()], PipelineOptions(max_frames=5),
+                    live=True, source_uri="synthetic://320x240?fps=200")
+    assert live.turns._lock is None and p.turns._lock is not None

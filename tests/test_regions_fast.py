@@ -123,4 +123,7 @@ def test_daemon_publishes_the_finite_region_when_another_is_refused(tmp_path):
     assert [(p["frame"], p["region"], p["top"][0]["label"]) for p in preds] == [(0, "red", "red")]
     final = lines[-1]
     assert final["type"] == "stats" and final["frames_processed"] == 1 and final["frames_skipped"] == 1
+    # Counted per region: the dark region in both frames, the red one in the black frame only.
+    assert {name: r["refused"] for name, r in final["regions"].items()} == {"dark": 2, "red": 1}
+    assert final["regions"]["red"]["frames"] == 1 and final["regions"]["dark"]["frames"] == 0
     assert "regions dark" in proc.stderr and "NaN or infinity" in proc.stderr

@@ -142,6 +142,7 @@ def test_http_events_and_snapshots(watched, tmp_path):
     metrics = get(base + "/metrics")[2].decode()
     assert 'edge_runtime_region_state_changes_total{region="feeder"} 1.0' in metrics
     assert 'edge_runtime_region_frames_total{region="door"}' in metrics
+    assert 'edge_runtime_region_frames_refused_total{region="door"} 0.0' in metrics
     assert "edge_runtime_snapshots_written_total" in metrics
 
 

@@ -49,6 +49,12 @@ class Sink:
     def prediction(self, record: dict, frame: Frame) -> None:
         pass
 
+    def frame_records(self, records: list[dict], frame: Frame) -> None:
+        """All of one frame's prediction records (one per region, or the whole frame's one), in order.
+        The publisher calls this; a sink that can do better than one record at a time overrides it."""
+        for record in records:
+            self.prediction(record, frame)
+
     def stats(self, line: dict) -> None:
         pass
 

@@ -84,14 +84,7 @@ class StdoutSink(Sink):
 
     def _put(self, obj: dict) -> None:
         if self._thread is None:
-            try:
-                self.stream.write(dumps(obj) + "\n")
-                self.stream.flush()
-            except OSError as exc:
-                if not closed_pipe(exc):
-                    raise
-                self._broken = True
-                raise OutputClosed() from None
+            self._write(dumps(obj) + "\n")
             return
         with self._cond:
             if self._broken:
@@ -113,9 +106,31 @@ class StdoutSink(Sink):
             self._pending.append(obj)
             self._cond.notify_all()
 
+    def _write(self, text: str) -> None:
+        """In the caller (files, folders, synthetic): write and flush; a closed pipe ends the run."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError as exc:
+            if not closed_pipe(exc):
+                raise
+            self._broken = True
+            raise OutputClosed() from None
+
     def prediction(self, record, frame):
         if self.predictions:
             self._put(record)
+
+    def frame_records(self, records, frame):
+        """With regions, a frame's N records in one write (files, folders, synthetic): one system call
+        a frame instead of N."""
+        if not self.predictions:
+            return
+        if self._thread is not None or len(records) == 1:
+            for record in records:
+                self._put(record)
+            return
+        self._write("".join(dumps(record) + "\n" for record in records))
 
     def stats(self, line):
         self._put(line)
