@@ -51,7 +51,7 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
                               batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
-                              reconnect_max=cfg.capture.reconnect_max_delay)
+                              reconnect_max=cfg.capture.reconnect_max_delay, paced=plan.paced)
     watch, groups = build_watch(cfg, plan, sinks, stats, region_engines or {})
     pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.display_uri,
                         stop=stop, notifier=Notifier(), stats=stats, watch=watch, region_groups=groups)

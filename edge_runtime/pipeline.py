@@ -57,6 +57,7 @@ class PipelineOptions:
     reconnect_max: float = 30.0
     inline_reader: bool = True      # read files/folders in the inference loop instead of a thread
     batch: int = 1                  # frames per session.run for files, folders, unthrottled synthetic
+    paced: bool = False             # --realtime: reading waits for the frame's time (no Turns while it waits)
 
 
 class Lane:
@@ -77,8 +78,9 @@ class Turns:
     Two lanes' Python work at the same time only interleaves on the GIL: every OpenCV or numpy call
     hands it over and waits to get it back, and each lane's work takes longer. Taking turns, the
     lanes settle into alternation (one works while the other infers) and the waits go: 3-7% more
-    frames/s with two lanes, regions and whole frames (docs/BENCHMARKS.md). Live sources do not take
-    turns: a lane there waits for the next frame while it reads, and must not hold the others up.
+    frames/s with two lanes, regions and whole frames (docs/BENCHMARKS.md). Live and paced (--realtime)
+    sources do not take turns: a lane there waits for the next frame while it reads, and must not hold
+    the others' publishing up meanwhile.
     """
 
     def __init__(self, enabled: bool = True):
@@ -139,7 +141,7 @@ class Pipeline:
         self.stats = stats or Stats()
         self.source_uri = source_uri
         self.inline = not live and options.inline_reader
-        self.turns = Turns(enabled=self.inline and len(self.lanes) > 1)
+        self.turns = Turns(enabled=self.inline and not options.paced and len(self.lanes) > 1)
         self.feed: FrameFeed = Handoff(live, self.stats)
         self.publisher = Publisher(sinks, self.stats, self.notifier, self.stop, source_uri, options.max_frames,
                                    watch=watch, untrained=self.lanes[0].engine.spec.untrained)

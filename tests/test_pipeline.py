@@ -173,4 +173,6 @@ def test_lanes_of_a_file_source_take_turns_but_a_live_source_does_not(tiny_model
     make = lambda: open_source("synthetic://320x240?fps=200", SourceOptions())   # noqa: E731
     live = Pipeline(make, [Engine(str(tiny_model), 1)] * 2, [ListSink()], PipelineOptions(max_frames=5),
                     live=True, source_uri="synthetic://320x240?fps=200")
-    assert live.turns._lock is None and p.turns._lock is not None
+    paced = Pipeline(make, [Engine(str(tiny_model), 1)] * 2, [ListSink()], PipelineOptions(max_frames=5, paced=True),
+                     live=False, source_uri="video.avi")      # --realtime: a read waits for the frame's time
+    assert live.turns._lock is None and paced.turns._lock is None and p.turns._lock is not None
