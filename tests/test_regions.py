@@ -411,3 +411,22 @@ def test_region_group_per_model(engines, fixtures, expected):
         assert all(len(t) == 2 for t in tops) and min(group.last_ms) > 0
     with pytest.raises(ValueError):
         RegionGroup(dynamic, [])
+
+
+def test_a_group_works_its_windows_out_again_when_the_frame_size_changes(tiny_model):
+    """RegionGroup keeps the model windows of the last frame size: a new size (a camera that changed
+    mode, a folder of mixed sizes) gets its own, and grey frames are accepted as the Preprocessor does."""
+    engine = Engine(str(tiny_model), 1)
+    regions = [RegionConfig(name="a", box=(0, 0, 0.5, 0.5)), RegionConfig(name="b", box=(0.3, 0.2, 0.7, 0.8))]
+    group = RegionGroup(engine, regions)
+    rng = np.random.default_rng(5)
+    for image in (rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
+                  rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+                  rng.integers(0, 256, (97, 61), dtype=np.uint8),
+                  rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)):
+        tops = group.classify(image)
+        n = 2 if engine.batch_axis_dynamic else 1
+        expected = [group.pre(crop(image, r.box))[0] for r in regions][-n:]
+        np.testing.assert_array_equal(group.tensor[:n], np.stack(expected))
+        post = Postprocessor(engine.spec)
+        assert tops == [post.top(engine.run_batch(group.pre(crop(image, r.box)))[0]) for r in regions]
