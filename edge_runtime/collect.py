@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .argtypes import positive_int
 from .errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
 from .redact import redact, sanitise_logging
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_seconds, default=1.0, metavar="SECONDS",
                    help="consider one frame per this many seconds: of the video's own time for a video file, "
                         "of the clock for a live source (default 1; 0: every frame; an image folder: every image)")
-    p.add_argument("--count", type=_count, metavar="N",
+    p.add_argument("--count", type=positive_int, metavar="N",
                    help="save at most N images, then stop (default: until the source ends or Ctrl-C)")
     p.add_argument("--min-change", type=_seconds, default=DEFAULT_MIN_CHANGE, metavar="D",
                    help="near-duplicate threshold, see below (0: keep every considered frame)")
@@ -83,16 +84,6 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
 
 

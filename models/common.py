@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from edge_runtime.argtypes import positive_int
 from edge_runtime.errors import EXIT_OK, EXIT_UNEXPECTED, UserError
 
 __version__ = "0.1.0"
@@ -87,18 +88,6 @@ def ort_session(path: str | Path, threads: int = 0):
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ToolError(f"model {path}: onnxruntime cannot load it ({first_line(exc)})") from None
-
-
-def positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def file_size_mb(path: str | Path) -> float:
