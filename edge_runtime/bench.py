@@ -588,15 +588,19 @@ def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
     frames (no decoding: what the regions themselves cost; the target applies here) and on the video
     (decoding included). A frame's cost is compared with N x the bare per-image cost at batch N (a
     model with a fixed batch: N bare runs of one); the target is at most 10% more."""
-    n = args.regions
-    dynamic = Engine(args.model, 1).batch_axis_dynamic
-    bare_batch = n if dynamic else 1
-    sources = {"synthetic": (f"synthetic://{args.size}",), "video": (str(video), "--loop")}
-    bares, lane_bares, runs = [], [], {name: [] for name in sources}
-    # Also bare in the daemon's own arrangement (its lanes and threads, at batch N): the part of the
-    # cost that is the regions' own work, apart from one session of all threads vs one-thread lanes.
     import dataclasses
-    plan = dataclasses.replace(daemon_plan(args.model, threads, sources["synthetic"][0])[0], batch=bare_batch)
+
+    n = args.regions
+    sources = {"synthetic": (f"synthetic://{args.size}",), "video": (str(video), "--loop")}
+    # The daemon's own plan (its lanes and threads), whose engine also says whether the batch axis is
+    # dynamic; bare in that arrangement at batch N is the part of the cost that is the regions' own work,
+    # apart from one session of all threads vs one-thread lanes.
+    plan, engine = daemon_plan(args.model, threads, sources["synthetic"][0])
+    dynamic = engine.batch_axis_dynamic
+    del engine
+    bare_batch = n if dynamic else 1
+    plan = dataclasses.replace(plan, batch=bare_batch)
+    bares, lane_bares, runs = [], [], {name: [] for name in sources}
     for r in range(args.repeats):
         bares.append(bare_session(args.model, threads, args.seconds, batch=bare_batch))
         lane_bares.append(bare_lanes(args.model, plan, args.seconds))
@@ -605,13 +609,13 @@ def regions_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
                                          max_frames=args.frames, out_dir=tmp_dir))
         print(f"round {r + 1}/{args.repeats}: bare batch {bare_batch} {bares[-1]['fps']:.1f} images/s; daemon "
               f"with {n} regions " + ", ".join(f"{k} {v[-1]['fps']:.1f} frames/s" for k, v in runs.items()))
-    bare = max(bares, key=lambda b: b["fps"])
+    bare = _best(bares)
     bare_frame_ms = n * 1000.0 / bare["fps"]            # N images at the bare per-image cost
-    out = {"regions": n, "batch_axis_dynamic": dynamic, "bare": dict(bare, fps_rounds=[b["fps"] for b in bares]),
+    out = {"regions": n, "batch_axis_dynamic": dynamic, "bare": bare,
            "bare_ms_per_frame": round(bare_frame_ms, 4), "target_ratio": REGIONS_TARGET}
-    lanes_bare = max(lane_bares, key=lambda b: b["fps"])
+    lanes_bare = _best(lane_bares)
     lanes_frame_ms = n * 1000.0 / lanes_bare["fps"]
-    out["bare_lanes"] = dict(lanes_bare, fps_rounds=[b["fps"] for b in lane_bares])
+    out["bare_lanes"] = lanes_bare
     out["bare_lanes_ms_per_frame"] = round(lanes_frame_ms, 4)
     print(f"bare in the daemon's arrangement ({plan.lanes} lane(s) x {plan.per_lane} thread(s), batch {bare_batch}): "
           f"{lanes_bare['fps']:.1f} images/s (rounds {out['bare_lanes']['fps_rounds']})")

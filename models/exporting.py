@@ -20,9 +20,8 @@ from edge_runtime import model_spec as ms
 
 from .common import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, CheckFailed, ToolError, file_size_mb, ort_session  # noqa: F401
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-MIN_INPUT = 32          # five stride-2 stages: smaller inputs leave nothing to pool
+# The graph's names and the smallest input, as the torch-free builder has them (one definition).
+from edge_runtime.modelzoo.mobilenetv3_onnx import INPUT_NAME, OUTPUT_NAME, eval_spec  # noqa: E402,F401
 PARITY_TOL = 1e-4        # max abs difference for outputs within +-1; scaled up with larger logits
 PARITY_REL_TOL = 1e-3    # and never more than this fraction of the output range (tiny untrained logits)
 
@@ -53,12 +52,10 @@ def imagenet_labels() -> tuple[str, ...]:
 def make_spec(input_size: tuple[int, int] = (224, 224), labels: tuple[str, ...] | None = None) -> ms.ModelSpec:
     """torchvision's evaluation recipe at `input_size`: resize the shorter side by 256/224, centre crop,
     RGB, NCHW float32, ImageNet mean/std (written once, in edge_runtime.modelzoo, for fetch-model too)."""
-    from edge_runtime.modelzoo.mobilenetv3_onnx import eval_spec
-
-    h, w = input_size
-    if min(h, w) < MIN_INPUT:
-        raise ToolError(f"input size {h}x{w} is too small: MobileNetV3 needs at least {MIN_INPUT}x{MIN_INPUT}")
-    return eval_spec((h, w), labels, origin="models/exporting.py")
+    try:
+        return eval_spec(tuple(input_size), labels, origin="models/exporting.py")
+    except ValueError as exc:       # too small for MobileNetV3: said once, in eval_spec
+        raise ToolError(str(exc)) from None
 
 
 class FusedPreprocess(nn.Module):

@@ -15,7 +15,7 @@ still answers differently for different frames instead of ~1e-9 logits everywher
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -308,8 +308,7 @@ def synthetic_images(count: int, size: tuple[int, int], seed: int = 0) -> np.nda
     return out
 
 
-def calibrate_batchnorm(state: Mapping[str, np.ndarray], net: Network, images: np.ndarray,
-                        session_factory: Callable | None = None) -> dict[str, np.ndarray]:
+def calibrate_batchnorm(state: Mapping[str, np.ndarray], net: Network, images: np.ndarray) -> dict[str, np.ndarray]:
     """Set every BatchNorm's running mean/variance to what its input has on `images` (N, 3, H, W), layer
     by layer in network order, as a first pass of training would. Returns a new state dict."""
     import onnxruntime as ort
@@ -317,13 +316,9 @@ def calibrate_batchnorm(state: Mapping[str, np.ndarray], net: Network, images: n
     state = dict(state)
     spec = eval_spec(tuple(images.shape[2:]))
     proto = build(state, net, spec, {}, fold_bn=False)
-    if session_factory is None:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(proto.SerializeToString(), sess_options=opts,
-                                       providers=["CPUExecutionProvider"])
-    else:
-        session = session_factory(proto.SerializeToString())
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     feeds = {INPUT_NAME: images.astype(np.float32)}
     prefixes = [c.prefix for c in _conv_bns(net)]
     for prefix in prefixes:
