@@ -26,36 +26,35 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
 
     from .notify import Notifier
     from .pipeline import Pipeline, PipelineOptions
-    from .plan import lane_engines
     from .sinks import SinkContext, build_sinks
+    from .snapshots import SnapshotWriter
     from .stats import Stats
+    from .watch import Watch
 
     # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
     # fight onnxruntime's threads for the same cores (measured: slower, not faster).
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
-    engines = lane_engines(engine, plan.lanes)
-    sessions = list(dict.fromkeys(engines))
-    for e in sessions:
-        e.warm_up(batch=plan.batch)
+    engines, groups = lane_sessions(cfg, plan, engine, region_engines or {})
     if plan.lanes > 1 or plan.batch > 1:
-        shared = ", one shared session" if plan.lanes > 1 and len(sessions) == 1 else ""
+        shared = ", one shared session" if plan.lanes > 1 and len(set(engines)) == 1 else ""
         log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
                  "published in order", plan.lanes, engines[0].threads, shared, plan.batch)
+    if cfg.regions:
+        log.info("%d region(s): %s", len(cfg.regions), ", ".join(f"{r.name} {list(r.box)}" for r in cfg.regions))
     stats = Stats()
-    info = engine.info()
-    # In every stats line: which model, and whether its labels mean anything.
-    stats.set_extra("model", {"path": info["path"], "arch": info["arch"], "untrained": engine.spec.untrained})
+    show_model(stats, engine)
     sinks = build_sinks(cfg)
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
                               batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay, paced=plan.paced)
-    watch, groups = build_watch(cfg, plan, sinks, stats, region_engines or {})
+    # States, events and snapshots of the regions (or of the whole frame).
+    watch = Watch(cfg.regions, cfg.publish, sinks, SnapshotWriter.from_config(cfg.snapshots, stats=stats), stats)
     pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.display_uri,
                         stop=stop, notifier=Notifier(), stats=stats, watch=watch, region_groups=groups)
-    context = SinkContext(stats=stats, stop=stop, live=plan.live, model_info=info,
+    context = SinkContext(stats=stats, stop=stop, live=plan.live, model_info=engine.info(),
                           health=pipeline.health, regions=cfg.regions,
                           snapshot_reader=watch.writer.read if watch.writer else None)
     for sink in sinks:
@@ -64,18 +63,24 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
     return pipeline, sinks
 
 
-def build_watch(cfg, plan, sinks, stats, region_engines: dict):
-    """States, events and snapshots (watch.py), and each lane's region groups (warmed up; None without regions)."""
-    from .snapshots import SnapshotWriter
-    from .watch import Watch, lane_groups
+def lane_sessions(cfg, plan, engine, region_engines: dict):
+    """Each lane's session and, with regions, its region groups (None without), every session warmed
+    once, at the batch it will run: at start and on reload alike."""
+    from .plan import lane_engines
+    from .watch import lane_groups
 
-    writer = SnapshotWriter.from_config(cfg.snapshots, stats=stats)
-    watch = Watch(cfg.regions, cfg.publish, sinks, writer, stats)
+    engines = lane_engines(engine, plan.lanes)
+    for session in dict.fromkeys(engines):
+        session.warm_up(batch=plan.batch)
     if not cfg.regions:
-        return watch, None
+        return engines, None
     groups = lane_groups(cfg.regions, cfg.model, region_engines, plan.lanes, cfg.top_k)
-    warm = {id(g.engine): g for lane in groups for g in lane}      # each session once, at its regions' batch
-    for group in warm.values():
+    for group in {id(g.engine): g for lane in groups for g in lane}.values():     # each session once
         group.engine.warm_up(batch=len(group.tensor))
-    log.info("%d region(s): %s", len(cfg.regions), ", ".join(f"{r.name} {list(r.box)}" for r in cfg.regions))
-    return watch, groups
+    return engines, groups
+
+
+def show_model(stats, engine) -> None:
+    """In every stats line: which model, and whether its labels mean anything (at start and on reload)."""
+    info = engine.info()
+    stats.set_extra("model", {"path": info["path"], "arch": info["arch"], "untrained": engine.spec.untrained})

@@ -67,8 +67,8 @@ class Reloader:
 
     def reload(self) -> bool:
         """One reload; True when it took effect."""
-        from .plan import lane_engines, load_model, load_region_models
-        from .watch import lane_groups
+        from .daemon import lane_sessions, show_model
+        from .plan import load_model, load_region_models
 
         self.notifier.reloading()
         log.info("reload: reading the config and the model again")
@@ -79,13 +79,7 @@ class Reloader:
             cfg = dataclasses.replace(cfg, regions=self.cfg.regions)
             plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
             plan, region_engines = load_region_models(plan, cfg, engine)
-            engines = lane_engines(engine, plan.lanes)
-            groups = lane_groups(cfg.regions, cfg.model, region_engines, plan.lanes, cfg.top_k) \
-                if cfg.regions else None
-            for e in dict.fromkeys(engines):
-                e.warm_up(batch=plan.batch)
-            for group in {id(g.engine): g for lane in groups or () for g in lane}.values():
-                group.engine.warm_up(batch=len(group.tensor))
+            engines, groups = lane_sessions(cfg, plan, engine, region_engines)
         except UserError as exc:
             self.stats.add("reload_failures")
             log.error("reload refused, still running with the previous config and model: %s", exc)
@@ -94,8 +88,8 @@ class Reloader:
         self.pipeline.swap(engines, top_k=cfg.top_k, batch=plan.batch, region_groups=groups)
         if self.apply_log_level is not None and cfg.log.level != self.cfg.log.level:
             self.apply_log_level(cfg.log.level)
+        show_model(self.stats, engine)
         info = engine.info()
-        self.stats.set_extra("model", {"path": info["path"], "arch": info["arch"], "untrained": engine.spec.untrained})
         for sink in self.sinks:
             sink.model_changed(info)
         self.cfg, self.plan = cfg, plan
