@@ -125,10 +125,7 @@ class Pipeline:
         engines = [engine] if isinstance(engine, Engine) else list(engine)
         self.make_source = make_source
         self.live = live
-        # A live source's frame is classified as soon as it is the newest: never wait to fill a batch.
-        self.batch = 1 if live else max(1, options.batch)
-        self.lanes = [Lane(e, options.top_k, self.batch, region_groups[i] if region_groups else ())
-                      for i, e in enumerate(engines)]
+        self._set_lanes(engines, options.top_k, options.batch, region_groups)
         self.sinks = sinks
         self.watch = watch
         # Frames wait in flight and in the reorder buffer: their 0.9 MB images, when no sink looks at
@@ -261,11 +258,15 @@ class Pipeline:
         """Reload: new sessions (and region groups) for every lane, taken up by each lane at its next batch
         (the batch in flight finishes on the old ones; frames are not lost or reordered). The source is
         not touched."""
-        batch = 1 if self.live else max(1, batch)
-        self.lanes = [Lane(e, top_k, batch, region_groups[i] if region_groups else ())
-                      for i, e in enumerate(engines)]
-        self.batch = batch
+        self._set_lanes(engines, top_k, batch, region_groups)
         self.publisher.untrained = engines[0].spec.untrained
+
+    def _set_lanes(self, engines: Sequence[Engine], top_k: int, batch: int,
+                   region_groups: Sequence[Sequence[RegionGroup]] | None) -> None:
+        # A live source's frame is classified as soon as it is the newest: never wait to fill a batch.
+        self.batch = 1 if self.live else max(1, batch)
+        self.lanes = [Lane(e, top_k, self.batch, region_groups[i] if region_groups else ())
+                      for i, e in enumerate(engines)]
 
     def _take(self, lane: Lane) -> Taken | None:
         """The next frames for this lane (none yet from a live source: an empty Taken); None when the

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Sequence
 
+from .events import FRAME_REGION
 from .notify import Notifier
 from .sinks import Sink
 from .sources import Frame
@@ -121,7 +122,7 @@ class Publisher:
         for sink in self.sinks:
             sink.frame_records(records, frame)
         if self.watch is not None:
-            self.watch.frame_done(frame, top if isinstance(top, dict) else {"frame": top})
+            self.watch.frame_done(frame, top if isinstance(top, dict) else {FRAME_REGION: top})
         if self.processed == 1:
             self.notifier.ready(f"running on {self.source_uri}")
         self.notifier.watchdog()

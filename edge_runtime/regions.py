@@ -237,7 +237,7 @@ class RegionGroup:
             slot = self.tensor[:1]
             for i in range(len(self.boxes)):
                 t0 = time.perf_counter()
-                fill_batch(self.pre, image, self.boxes[i:i + 1], slot, windows[i:i + 1])
+                self.pre.fill_window(image, windows[i], slot)
                 t1 = time.perf_counter()
                 with released():
                     rows.append(self.engine.run_batch(slot)[0])
