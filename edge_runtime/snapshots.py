@@ -27,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .schema import all_of, at_least, field
+from .ratelimit import RateLimited
+from .schema import between, field
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,11 @@ WARN_EVERY_S = 60.0
 MAX_READ_BYTES = 32 * 1024 * 1024    # resolve()/read(): no file of ours is bigger than a frame's JPEG
 
 
-def _at_most(high: float):
-    def check(value):
-        return None if value <= high else f"expected a number <= {high}, got {value!r}"
-    return check
-
-
 @dataclass(frozen=True)
 class SnapshotConfig:
     dir: str | None = field(None, help="folder for event snapshots; unset: no snapshots")
-    max_files: int = field(1000, check=all_of(at_least(1), _at_most(1_000_000)), help="keep at most this many")
-    max_mb: float = field(200.0, check=all_of(at_least(0.1), _at_most(1_000_000)), help="... and this many MB")
+    max_files: int = field(1000, check=between(1, 1_000_000), help="keep at most this many")
+    max_mb: float = field(200.0, check=between(0.1, 1_000_000), help="... and this many MB")
 
 
 def label_slug(label: str | None) -> str:
@@ -93,7 +88,7 @@ class SnapshotWriter:
         self._known: set[str] = set()       # names on disk or queued: submit() keeps new ones unique
         self._thread: threading.Thread | None = None
         self._root: Path | None = None
-        self._last_warning = -WARN_EVERY_S
+        self._warnings = RateLimited(WARN_EVERY_S)     # from the writer thread and from start()
         self.written = 0
         self.failed = 0
         self.dropped = 0
@@ -305,10 +300,7 @@ class SnapshotWriter:
                 stats.set_extra(key, value)
 
     def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_EVERY_S:
-            self._last_warning = now
-            log.warning("%s (further snapshot failures this minute are counted, not logged)", message)
+        self._warnings.warn(log, "%s (further snapshot failures this minute are counted, not logged)", message)
 
 
 def _mkstemp(root: Path) -> tuple[int, str]:
