@@ -135,9 +135,10 @@ class MqttSink(Sink):
         self.client_id = cfg.client_id or f"edge_runtime-{topic_safe(hostname())}"
         self.node_id = topic_safe(self.client_id)
         self.topics = {name: f"{self.prefix}/{name}" for name in
-                       ("availability", "prediction", "state", "state/attributes", "stats", "event")}
+                       ("availability", "prediction", "stats", "event")}     # states: _state_messages
         self.regions: tuple[str, ...] = ()          # names of the watched regions (from start's context)
-        self._region_states: dict[str, tuple[str, bytes]] = {}   # region -> (label, attributes), republished
+        # region (None: the whole frame, without regions) -> (label, attributes) of its state, republished
+        self._states: dict[str | None, tuple[str, bytes]] = {}
         self._images: dict[str, tuple[str, float]] = {}          # region -> (snapshot file, give up at)
         self._images_due = 0.0
         self._queue: deque = deque()
@@ -148,7 +149,6 @@ class MqttSink(Sink):
         self._flush_deadline = 0.0
         self.sent = 0
         self.dropped = 0
-        self._last_state: tuple[str, bytes] | None = None     # (label, attributes) for republishing
         self._redacted: dict[str, str] = {}
         self._lost_at: float | None = None
         self._ever_connected = False
@@ -254,23 +254,19 @@ class MqttSink(Sink):
         if kind == "region_state":
             attributes = dumps({"label": obj["to"], "score": obj["score"], "frame": obj["frame"], "ts": obj["ts"],
                                 "from": obj["from"], "snapshot": obj["snapshot"]}).encode()
-            self._region_states[obj["region"]] = (obj["to"], attributes)
-            return self._region_state_messages(obj["region"], obj["to"], attributes)
+            self._states[obj["region"]] = (obj["to"], attributes)
+            return self._state_messages(obj["region"], obj["to"], attributes)
         top = obj["top"][0]
         attributes = dumps({"label": top["label"], "score": top["score"], "frame": obj["frame"],
                             "ts": obj["ts"]}).encode()
-        self._last_state = (top["label"], attributes)
-        return self._state_messages(top["label"], attributes)
+        self._states[None] = (top["label"], attributes)
+        return self._state_messages(None, top["label"], attributes)
 
-    def _state_messages(self, label: str, attributes: bytes) -> list[tuple[str, bytes, int, bool]]:
+    def _state_messages(self, region: str | None, label: str, attributes: bytes) -> list[tuple[str, bytes, int, bool]]:
+        """<prefix>/state (the whole frame) or <prefix>/<region>/state, with its attributes, retained."""
+        base = self.prefix if region is None else f"{self.prefix}/{region}"
         retain = self.cfg.retain_state
-        return [(self.topics["state/attributes"], attributes, 1, retain),
-                (self.topics["state"], label.encode(), 1, retain)]
-
-    def _region_state_messages(self, region: str, label: str, attributes: bytes) -> list[tuple[str, bytes, int, bool]]:
-        retain = self.cfg.retain_state
-        return [(f"{self.prefix}/{region}/state/attributes", attributes, 1, retain),
-                (f"{self.prefix}/{region}/state", label.encode(), 1, retain)]
+        return [(f"{base}/state/attributes", attributes, 1, retain), (f"{base}/state", label.encode(), 1, retain)]
 
     def _image_messages(self) -> list[tuple[str, bytes, int, bool]]:
         """Snapshots written since the last look, as retained JPEG messages (read outside the lock)."""
@@ -367,12 +363,8 @@ class MqttSink(Sink):
             for topic, payload in discovery_configs(self.prefix, self.node_id, self.cfg.discovery_prefix,
                                                     f"edge_runtime {hostname()}", self.regions).items():
                 client.publish(topic, json.dumps(payload, ensure_ascii=False, allow_nan=False), qos=1, retain=True)
-        last = self._last_state
-        if last is not None:
-            for topic, payload, qos, retain in self._state_messages(*last):
-                client.publish(topic, payload, qos=qos, retain=retain)
-        for region, (label, attributes) in list(self._region_states.items()):
-            for topic, payload, qos, retain in self._region_state_messages(region, label, attributes):
+        for region, (label, attributes) in list(self._states.items()):
+            for topic, payload, qos, retain in self._state_messages(region, label, attributes):
                 client.publish(topic, payload, qos=qos, retain=retain)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
