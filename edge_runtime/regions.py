@@ -164,22 +164,6 @@ def fill_batch(pre, image: np.ndarray, boxes: Sequence[Sequence[float]], tensor:
     return tensor[:n]
 
 
-def classify_boxes(engine, pre, image: np.ndarray, boxes: Sequence[Sequence[float]],
-                   tensor: np.ndarray) -> np.ndarray:
-    """Raw model outputs for each box of `image`, one row per box.
-
-    One `session.run` for all boxes when the model's batch axis is dynamic; a model with a fixed
-    batch of 1 (most exported TFLite models) gets one run per box through slot 0 of `tensor`.
-    """
-    if engine.batch_axis_dynamic:
-        return engine.run_batch(fill_batch(pre, image, boxes, tensor))
-    rows = []
-    for box in boxes:
-        pre(crop(image, box), tensor[:1])
-        rows.append(engine.run_batch(tensor[:1])[0])
-    return np.stack(rows) if rows else np.empty((0, 0))
-
-
 def group_by_model(regions: Sequence[RegionConfig], default_model: str) -> dict[str, list[RegionConfig]]:
     """Regions by the model they use (their own, else `default_model`), in config order: each group
     is one session and, with a dynamic batch axis, one run per frame."""

@@ -21,7 +21,7 @@ from edge_runtime.events import RegionState
 from edge_runtime.model_spec import InputSpec
 from edge_runtime.postprocess import Postprocessor
 from edge_runtime.preprocess import Preprocessor
-from edge_runtime.regions import (RegionConfig, RegionGroup, classify_boxes, crop, crop_pixels, fill_batch,
+from edge_runtime.regions import (RegionConfig, RegionGroup, crop, crop_pixels, fill_batch,
                                   group_by_model, parse_region_flag)
 from edge_runtime.snapshots import NAME_PATTERN, SnapshotWriter
 from edge_runtime.sources import SourceOptions, open_source
@@ -194,6 +194,22 @@ def test_fill_batch_matches_slot_by_slot(spec):
 
 
 # --- real models, real photos ----------------------------------------------------------------
+
+def classify_boxes(engine, pre, image: np.ndarray, boxes: list, tensor: np.ndarray) -> np.ndarray:
+    """Raw model outputs for each box of `image`, one row per box (what RegionGroup.classify runs,
+    without its top-k: these tests look at the rows themselves).
+
+    One `session.run` for all boxes when the model's batch axis is dynamic; a model with a fixed
+    batch of 1 (most exported TFLite models) gets one run per box through slot 0 of `tensor`.
+    """
+    if engine.batch_axis_dynamic:
+        return engine.run_batch(fill_batch(pre, image, boxes, tensor))
+    rows = []
+    for box in boxes:
+        pre(crop(image, box), tensor[:1])
+        rows.append(engine.run_batch(tensor[:1])[0])
+    return np.stack(rows) if rows else np.empty((0, 0))
+
 
 def batch_dynamic_copy(src, dst):
     """The fixture model with a symbolic batch axis (the fixtures are exported with a fixed batch of 1).
