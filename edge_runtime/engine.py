@@ -67,10 +67,12 @@ class Engine:
 
     def __init__(self, model_path: str, threads: int = 0, *, spec: ms.ModelSpec | None = None,
                  config_spec: Any = None, spec_origin: str | None = None, mem_pattern: bool = True,
-                 spinning: bool = True):
+                 spinning: bool = True, _checked_outputs: int | None = None):
         """`spec`: the model's resolved description; without it, it is resolved here from the model's
         metadata, its sidecar, `config_spec` (a sidecar-format dict whose paths are already resolved,
-        named `spec_origin` in messages) or the defaults (model_spec.resolve)."""
+        named `spec_origin` in messages) or the defaults (model_spec.resolve).
+        `_checked_outputs`: for sibling() only, the class count an Engine on the same file and
+        description has just checked (the checks and the blank-image run are not repeated)."""
         import onnxruntime as ort
 
         self._init_args = (model_path, dict(mem_pattern=mem_pattern, spinning=spinning))
@@ -118,7 +120,7 @@ class Engine:
         _check_io_counts(self.session, model_path)
         self.input = self.session.get_inputs()[0]
         self.output = self.session.get_outputs()[0]
-        self.num_outputs = self._check()
+        self.num_outputs = self._check() if _checked_outputs is None else _checked_outputs
         self.input_name = self.input.name
         self.output_names = [self.output.name]
 
@@ -205,7 +207,7 @@ class Engine:
     def sibling(self, threads: int) -> "Engine":
         """Another session on the same model and (already resolved) description, with its own threads (a lane)."""
         path, kwargs = self._init_args
-        return Engine(path, threads, spec=self.spec, **kwargs)
+        return Engine(path, threads, spec=self.spec, _checked_outputs=self.num_outputs, **kwargs)
 
     @property
     def batch_axis_dynamic(self) -> bool:

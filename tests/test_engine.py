@@ -133,3 +133,16 @@ def test_onnxruntime_knobs_from_the_environment(monkeypatch, tiny_model):
     engine = Engine(str(tiny_model), 1)        # a real session accepts both
     engine.warm_up(1)
     assert engine.run(np.zeros(engine.input_shape(), np.float32)).shape == (1000,)
+
+
+def test_a_sibling_session_is_not_checked_and_probed_again(tiny_model, monkeypatch):
+    """A lane's sibling session: same model, description and class count, its own threads; the checks
+    and the blank-image run its parent just did are not repeated (one inference less per lane at start
+    and on every reload)."""
+    parent = Engine(str(tiny_model), 1)
+    monkeypatch.setattr(Engine, "_check", lambda self: pytest.fail("checked again"))
+    sibling = parent.sibling(2)
+    assert sibling.session is not parent.session and sibling.threads == 2
+    assert sibling.num_outputs == parent.num_outputs and sibling.spec is parent.spec
+    blank = np.zeros((1,) + parent.input_shape()[1:], parent.input_dtype())
+    np.testing.assert_allclose(sibling.run_batch(blank), parent.run_batch(blank), rtol=1e-5, atol=1e-6)
