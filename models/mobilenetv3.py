@@ -54,9 +54,8 @@ class ConvBNAct(nn.Sequential):
 class SqueezeExcite(nn.Module):
     """Channel attention: pool -> 1x1 (reduce 4x) -> ReLU -> 1x1 -> hard-sigmoid -> scale."""
 
-    def __init__(self, channels: int, reduction: int = arch_tables.SE_REDUCTION):
+    def __init__(self, channels: int, squeezed: int):
         super().__init__()
-        squeezed = make_divisible(channels // reduction)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, squeezed, 1)
         self.fc2 = nn.Conv2d(squeezed, channels, 1)
@@ -81,7 +80,7 @@ class InvertedResidual(nn.Module):
             layers.append(ConvBNAct(cfg.in_ch, cfg.exp_ch, 1, act=cfg.act))
         layers.append(ConvBNAct(cfg.exp_ch, cfg.exp_ch, cfg.kernel, cfg.stride, groups=cfg.exp_ch, act=cfg.act))
         if cfg.se:
-            layers.append(SqueezeExcite(cfg.exp_ch))
+            layers.append(SqueezeExcite(cfg.exp_ch, cfg.se_channels))
         layers.append(ConvBNAct(cfg.exp_ch, cfg.out_ch, 1, act=None))  # linear bottleneck
         self.block = nn.Sequential(*layers)
         self.out_channels = cfg.out_ch
@@ -92,30 +91,21 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3(nn.Module):
-    def __init__(self, bnecks: tuple[Bneck, ...], hidden: int, num_classes: int = 1000,
-                 width_mult: float = 1.0, dropout: float = arch_tables.DROPOUT):
+    def __init__(self, net: arch_tables.Network, dropout: float = arch_tables.DROPOUT):
+        """`net`: arch_tables.network(), the network at one width, as the torch-free builder walks it."""
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        cfgs = [b.scaled(width_mult) for b in bnecks]
-        last_in = cfgs[-1].out_ch
-        last_out = arch_tables.LAST_EXPANSION * last_in   # 576 (Small) / 960 (Large) at width 1.0
-        hidden = make_divisible(hidden * width_mult)
-
-        layers: list[nn.Module] = [ConvBNAct(3, cfgs[0].in_ch, 3, stride=2, act="HS")]
-        layers += [InvertedResidual(c) for c in cfgs]
-        layers.append(ConvBNAct(last_in, last_out, 1, act="HS"))
+        layers: list[nn.Module] = [ConvBNAct(3, net.stem_ch, 3, stride=2, act="HS")]
+        layers += [InvertedResidual(c) for c in net.bnecks]
+        layers.append(ConvBNAct(net.bnecks[-1].out_ch, net.last_ch, 1, act="HS"))   # 576 / 960 at width 1.0
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            nn.Linear(last_out, hidden),
+            nn.Linear(net.last_ch, net.hidden),
             nn.Hardswish(inplace=True),
             nn.Dropout(p=dropout, inplace=True),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(net.hidden, net.num_classes),
         )
-        self.num_classes = num_classes
+        self.num_classes = net.num_classes
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -148,18 +138,17 @@ class MobileNetV3(nn.Module):
 
 
 def mobilenet_v3_small(num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
-    return MobileNetV3(SMALL, SMALL_HIDDEN, num_classes, width_mult, dropout)
+    return build("mobilenet_v3_small", num_classes, width_mult, dropout)
 
 
 def mobilenet_v3_large(num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
-    return MobileNetV3(LARGE, LARGE_HIDDEN, num_classes, width_mult, dropout)
+    return build("mobilenet_v3_large", num_classes, width_mult, dropout)
 
 
 def build(arch: str, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
     """`arch` is "mobilenet_v3_small" / "mobilenet_v3_large" (or just "small" / "large")."""
-    name = arch_tables.arch_name(arch)
-    factory = mobilenet_v3_small if name == "mobilenet_v3_small" else mobilenet_v3_large
-    return factory(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    name = arch_tables.arch_name(arch)      # an unknown name is refused first, as before
+    return MobileNetV3(arch_tables.network(name, num_classes, width_mult), dropout)
 
 
 # torchvision's official ImageNet checkpoints (IMAGENET1K_V1). The hex part of each file name is the
