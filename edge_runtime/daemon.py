@@ -36,7 +36,9 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
-    engines, groups = lane_sessions(cfg, plan, engine, region_engines or {})
+    from .errors import preparing
+    with preparing("preparing the lanes' sessions"):
+        engines, groups = lane_sessions(cfg, plan, engine, region_engines or {})
     if plan.lanes > 1 or plan.batch > 1:
         shared = ", one shared session" if plan.lanes > 1 and len(set(engines)) == 1 else ""
         log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "

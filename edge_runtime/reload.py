@@ -23,7 +23,7 @@ import threading
 from typing import Callable
 
 from . import schema
-from .errors import UserError
+from .errors import UserError, first_line, preparing
 
 log = logging.getLogger(__name__)
 
@@ -66,39 +66,63 @@ class Reloader:
                 self.reload()
 
     def reload(self) -> bool:
-        """One reload; True when it took effect."""
-        from .daemon import lane_sessions, show_model
-        from .plan import load_model, load_region_models
-
+        """One reload; True when it took effect. It never raises: whatever goes wrong (a UserError, or
+        anything unexpected while the config, models, sessions or sinks are prepared) is one line and a
+        counted `reload_failures`, the previous model keeps serving, systemd hears READY=1 and the next
+        SIGHUP is served (an exception escaping here would end the reloader thread for good)."""
         self.notifier.reloading()
         log.info("reload: reading the config and the model again")
         try:
-            cfg = self.load_config()
-            self._say_what_needs_a_restart(cfg)
-            # The running regions (their names, boxes and states stay); their model files are read again.
-            cfg = dataclasses.replace(cfg, regions=self.cfg.regions)
-            plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
-            plan, region_engines = load_region_models(plan, cfg, engine)
-            engines, groups = lane_sessions(cfg, plan, engine, region_engines)
+            return self._reload()
         except UserError as exc:
             self.stats.add("reload_failures")
             log.error("reload refused, still running with the previous config and model: %s", exc)
-            self.notifier.ready()
             return False
+        except Exception as exc:
+            self.stats.add("reload_failures")
+            log.error("reload failed unexpectedly, still running with the previous config and model: %s: %s",
+                      type(exc).__name__, first_line(exc))
+            log.debug("reload failure", exc_info=True)
+            return False
+        finally:
+            self.notifier.ready()
+
+    def _reload(self) -> bool:
+        from .daemon import lane_sessions, show_model
+        from .plan import load_model, load_region_models
+
+        with preparing("reading the config"):
+            cfg = self.load_config()
+        self._say_what_needs_a_restart(cfg)
+        # The running regions (their names, boxes and states stay); their model files are read again.
+        cfg = dataclasses.replace(cfg, regions=self.cfg.regions)
+        with preparing("loading the model"):
+            plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
+        with preparing("loading the regions' models"):
+            plan, region_engines = load_region_models(plan, cfg, engine)
+        with preparing("preparing the lanes' sessions"):
+            engines, groups = lane_sessions(cfg, plan, engine, region_engines)
+        # Everything is ready: from here on the new model serves.
         self.pipeline.swap(engines, top_k=cfg.top_k, batch=plan.batch, region_groups=groups)
-        if self.apply_log_level is not None and cfg.log.level != self.cfg.log.level:
+        old_level = self.cfg.log.level
+        self.cfg, self.plan = cfg, plan
+        self.stats.add("reloads")
+        if self.apply_log_level is not None and cfg.log.level != old_level:
             self.apply_log_level(cfg.log.level)
         show_model(self.stats, engine)
         info = engine.info()
         for sink in self.sinks:
-            sink.model_changed(info)
-        self.cfg, self.plan = cfg, plan
-        self.stats.add("reloads")
+            try:
+                sink.model_changed(info)
+            except Exception as exc:        # one sink's bug: the others are told, the new model serves
+                self.stats.add("reload_failures")
+                log.error("reload: the %s output could not take the new model (it serves nonetheless): %s: %s",
+                          sink.name, type(exc).__name__, first_line(exc))
+                log.debug("model_changed failure", exc_info=True)
         log.info("reload: now classifying with %s", engine.describe())
         del engine, engines, groups, region_engines
         self.pipeline.stop.wait(1.0)        # the batch in flight finishes on the old sessions, then they go
         _release_freed_memory()
-        self.notifier.ready()
         return True
 
     def _say_what_needs_a_restart(self, cfg) -> None:
