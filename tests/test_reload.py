@@ -209,3 +209,58 @@ def test_adding_a_region_names_it_as_needing_a_restart(running):
     hup_and_wait(d, "now classifying")
     warning = next(x for x in d.stderr().splitlines() if "takes a restart" in x)
     assert "regions added door" in warning
+
+
+# Loaded by the daemon's interpreter (PYTHONPATH): while the file EDGE_TEST_FAIL names exists, a session's
+# warm-up raises what onnxruntime would (a RuntimeError, no UserError): a failure injected into the real
+# daemon's reload, between loading the model and swapping it in.
+INJECT = '''
+import os
+from pathlib import Path
+
+import edge_runtime.engine as engine
+
+_warm_up = engine.Engine.warm_up
+
+def warm_up(self, *args, **kwargs):
+    if Path(os.environ["EDGE_TEST_FAIL"]).exists():
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected warm-up failure")
+    return _warm_up(self, *args, **kwargs)
+
+engine.Engine.warm_up = warm_up
+'''
+
+
+def test_an_unexpected_reload_failure_in_the_real_daemon_leaves_reloading_working(tmp_path):
+    make_random_model(tmp_path / "model.onnx", size=(64, 64), resize=None)
+    make_channel_model(tmp_path / "b.onnx")
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)
+    flag = tmp_path / "fail-now"
+    config = tmp_path / "edge.yaml"
+    config.write_text("model: model.onnx\nstats_interval: 0.5\n")
+    notify = NotifySocket(tmp_path / "notify")
+    env = daemon_env(NOTIFY_SOCKET=str(notify.path), EDGE_TEST_FAIL=str(flag))
+    env["PYTHONPATH"] = str(tmp_path / "inject") + ":" + env["PYTHONPATH"]
+    d = Daemon("--config", config, "--source", "synthetic://160x120?fps=30", env=env)
+    try:
+        wait_until(lambda: len(d.predictions()) >= 10, 30, "the first predictions")
+        config.write_text("model: b.onnx\nstats_interval: 0.5\n")
+        flag.touch()
+        hup_and_wait(d, "still running with the previous config and model")
+        line = next(x for x in d.stderr().splitlines() if "still running with the previous" in x)
+        assert "RuntimeError" in line and "injected warm-up failure" in line
+        n = len(d.predictions())
+        wait_until(lambda: len(d.predictions()) >= n + 10, 10, "classification to go on")
+        assert labels_of(d.predictions()[n:]) <= {f"class {i}" for i in range(1000)}      # the old model
+        last = max(i for i, m in enumerate(notify.messages) if m.startswith("RELOADING=1"))
+        wait_until(lambda: any(m.startswith("READY=1") for m in notify.messages[last + 1:]), 5, "READY=1")
+        flag.unlink()
+        hup_and_wait(d, "now classifying")                                   # the next SIGHUP is served
+        wait_until(lambda: labels_of(d.predictions()[-5:]) <= {"red", "green", "blue"}, 10, "the new model")
+        assert d.stop() == 0
+        final = d.final_stats()
+        assert final["reloads"] == 1 and final["reload_failures"] == 1
+        assert "Traceback" not in d.stderr()
+    finally:
+        d.kill()
