@@ -115,14 +115,14 @@ class Reloader:
         show_region_models(self.stats, cfg.regions, cfg.model, region_engines)
         info = engine.info()
         for sink in self.sinks:
-            try:
-                sink.model_changed(info)
-                sink.regions_changed(cfg.regions)
-            except Exception as exc:        # one sink's bug: the others are told, the new model serves
-                self.stats.add("reload_failures")
-                log.error("reload: the %s output could not take the new model (it serves nonetheless): %s: %s",
-                          sink.name, type(exc).__name__, first_line(exc))
-                log.debug("model_changed failure", exc_info=True)
+            for tell, news in ((sink.model_changed, info), (sink.regions_changed, cfg.regions)):
+                try:
+                    tell(news)
+                except Exception as exc:        # one sink's bug: the others are told, the new model serves
+                    self.stats.add("reload_failures")
+                    log.error("reload: the %s output could not take the new model (it serves nonetheless): "
+                              "%s: %s", sink.name, type(exc).__name__, first_line(exc))
+                    log.debug("sink failure on reload", exc_info=True)
         log.info("reload: now classifying with %s", engine.describe())
         del engine, engines, groups, region_engines
         self.pipeline.stop.wait(1.0)        # the batch in flight finishes on the old sessions, then they go
