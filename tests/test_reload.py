@@ -218,7 +218,7 @@ INJECT = '''
 import os
 from pathlib import Path
 
-import edge_runtime.engine as engine
+import edge_runtime.engines.ort as engine
 
 _warm_up = engine.Engine.warm_up
 

@@ -23,8 +23,8 @@ import logging
 import threading
 from typing import Callable
 
-from . import schema
-from .errors import UserError, first_line, preparing
+from edge_runtime.util import schema
+from edge_runtime.util.errors import UserError, first_line, preparing
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class Reloader:
             self.notifier.ready()
 
     def _reload(self) -> bool:
-        from .daemon import lane_sessions, show_model, show_region_models
-        from .plan import load_model, load_region_models
+        from edge_runtime.daemon.assemble import lane_sessions, show_model, show_region_models
+        from edge_runtime.core.plan import load_model, load_region_models
 
         with preparing("reading the config"):
             cfg = self.load_config()
