@@ -65,7 +65,9 @@ def imagenet_state_dict(arch: str, progress: bool = True) -> dict[str, torch.Ten
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, check_hash=True)
     except Exception as exc:
         raise ToolError(f"cannot get the ImageNet weights {url} ({first_line(exc)}); they are downloaded once "
-                        f"into {torch.hub.get_dir()}/checkpoints — or pass a local .pth") from None
+                        f"into {torch.hub.get_dir()}/checkpoints — offline, copy the file from a machine that has "
+                        f"it and pass it with --weights FILE.pth (models/distill.py, export.py) or --from "
+                        f"(fetch-model)") from None
 
 
 def save(path: str | Path, model: nn.Module, *, arch: str, width_mult: float, classes: list[str] | None,

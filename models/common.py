@@ -31,6 +31,19 @@ def tool_name(script: str) -> str:
     return f"edge_runtime models/{script} {__version__}"
 
 
+TORCH_MISSING = ("needs PyTorch, which is not installed: ./install.sh --dev --models "
+                 "(or pip install -r models/requirements.txt)")
+
+
+def import_torch():
+    """torch, or a ToolError in one line saying what to install (exit 2, not an ImportError traceback)."""
+    try:
+        import torch
+    except ImportError:
+        raise ToolError(TORCH_MISSING) from None
+    return torch
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], prog: str,
              argv: Sequence[str] | None = None) -> int:
     """Run a tool's main(); turn expected failures into one line on stderr and an exit code."""

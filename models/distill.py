@@ -1,7 +1,7 @@
 """Fine-tune MobileNetV3-Small for your own classes, taught by MobileNetV3-Large, and export it to ONNX.
 
     python models/distill.py --data DIR --output MODEL.onnx [--epochs N] [--teacher CKPT]
-                             [--alpha A] [--temperature T]
+                             [--alpha A] [--temperature T] [--weights FILE.pth ...]
 
 DIR holds one sub-folder per class, as `python -m edge_runtime collect` makes it (DIR/unlabeled/ is
 ignored); each class needs at least 1/--val-split images (5 at 0.2). Recipe: split DIR into train/val
@@ -10,6 +10,9 @@ ignored); each class needs at least 1/--val-split images (5 at 0.2). Recipe: spl
 keeping the epoch with the best validation accuracy; export it with the class names as labels, and
 print the exported file's per-class accuracy and confusion matrix on the held-out (validation) split.
 Checkpoints: MODEL.teacher.pth (reusable with --teacher) and MODEL.pth (the best student).
+Offline: copy torchvision's ImageNet files (mobilenet_v3_small-047dcff4.pth, and
+mobilenet_v3_large-8738ca79.pth unless --teacher is given) from a machine that has them and pass each
+with --weights; they are recognised by their pinned SHA-256, whatever their names.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Sequence
 if __package__ in (None, ""):          # run as `python models/distill.py`: import from the repo root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from models.common import ToolError, positive_int, run_main, tool_name  # noqa: E402
+from models.common import ToolError, import_torch, positive_int, run_main, tool_name  # noqa: E402
 from edge_runtime.teach.collect import UNLABELED  # noqa: E402  (where `collect --unlabeled` saves)
 
 DEFAULT_ALPHA = 0.5
@@ -47,6 +50,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init", choices=("imagenet", "random"), default="imagenet",
                    help="starting weights of both networks: torchvision's ImageNet checkpoints (downloaded once, "
                         "hash-checked) or random init (default imagenet)")
+    p.add_argument("--weights", type=Path, action="append", default=[], metavar="FILE.pth",
+                   help="a local copy of torchvision's ImageNet file (mobilenet_v3_small-047dcff4.pth or "
+                        "mobilenet_v3_large-8738ca79.pth), used instead of the download; give it once per network, "
+                        "each recognised by its SHA-256 (with --init imagenet)")
     p.add_argument("--input-size", type=positive_int, default=224, help="square training/export size (default 224)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
@@ -75,17 +82,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--opset must be {MIN_OPSET}..{MAX_OPSET}, got {args.opset}")
     if args.output.suffix != ".onnx":
         p.error(f"--output {args.output}: expected a file name ending in .onnx")
+    if args.weights and args.init != "imagenet":
+        p.error("--weights gives ImageNet weights: it goes with --init imagenet")
     return args
 
 
-def new_network(arch: str, num_classes: int, init: str):
-    """MobileNetV3 for `num_classes`, from ImageNet weights (new classifier layer) or random init."""
+def imagenet_files(paths: Sequence[Path]) -> dict[str, Path]:
+    """--weights: arch -> file, each file recognised by its size and full SHA-256 against the digests
+    edge_runtime pins for fetch-model (torch-free: checked before PyTorch is imported)."""
+    import hashlib
+
+    from edge_runtime.modelzoo.mobilenetv3_arch import IMAGENET_WEIGHTS
+
+    expected = ", ".join(w.url.rsplit("/", 1)[1] for w in IMAGENET_WEIGHTS.values())
+    found: dict[str, Path] = {}
+    for path in paths:
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise ToolError(f"--weights {path}: not a file")
+            arch = None
+            if size in {w.size for w in IMAGENET_WEIGHTS.values()}:      # hash only what could match
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                arch = next((a for a, w in IMAGENET_WEIGHTS.items() if w.sha256 == digest.hexdigest()), None)
+        except OSError as exc:
+            raise ToolError(f"--weights {path}: cannot read it: {exc.strerror or exc}") from None
+        if arch is None:
+            raise ToolError(f"--weights {path}: not torchvision's ImageNet MobileNetV3 file (size or SHA-256 "
+                            f"differs); expected one of {expected}")
+        if arch in found:
+            raise ToolError(f"--weights {path}: {arch} given twice ({found[arch]})")
+        found[arch] = path
+    return found
+
+
+def new_network(arch: str, num_classes: int, init: str, weights: Path | None = None):
+    """MobileNetV3 for `num_classes`, from ImageNet weights (new classifier layer) or random init. The
+    ImageNet weights come from `weights` (a --weights file, already identified) or torchvision's download."""
     from models import checkpoint
     from models.mobilenetv3 import IMAGENET_WEIGHTS_NAME, build
 
     model = build(arch, num_classes=1000 if init == "imagenet" else num_classes)
     if init == "imagenet":
-        checkpoint.load_into(model, checkpoint.imagenet_state_dict(arch), IMAGENET_WEIGHTS_NAME)
+        if weights is not None:
+            checkpoint.load_into(model, checkpoint.load(weights).state_dict, f"{weights} ({IMAGENET_WEIGHTS_NAME})")
+        else:
+            checkpoint.load_into(model, checkpoint.imagenet_state_dict(arch), IMAGENET_WEIGHTS_NAME)
         model.reset_classifier(num_classes)
     return model
 
@@ -106,7 +151,8 @@ def load_teacher(path: Path, classes: list[str]):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)      # before torch: --help and usage errors at once
-    import torch
+    local = imagenet_files(args.weights)
+    torch = import_torch()      # one line saying what to install, not a traceback
 
     from models import checkpoint, exporting
     from models.imagefolder import class_folders
@@ -137,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher_acc, _ = evaluate(teacher, val_data)
         print(f"teacher {args.teacher}: val acc {teacher_acc:.3f}")
     else:
-        teacher = new_network("mobilenet_v3_large", len(classes), args.init)
+        teacher = new_network("mobilenet_v3_large", len(classes), args.init, local.get("mobilenet_v3_large"))
 
         def save_teacher(model, epoch, acc):
             checkpoint.save(teacher_ckpt, model, arch="mobilenet_v3_large", width_mult=1.0, classes=classes,
@@ -153,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.requires_grad_(False)
 
     # 2. The student, taught by the teacher's softened outputs on the same augmented batches.
-    student = new_network("mobilenet_v3_small", len(classes), args.init)
+    student = new_network("mobilenet_v3_small", len(classes), args.init, local.get("mobilenet_v3_small"))
 
     def distill_loss(logits, x, y):
         with torch.no_grad():

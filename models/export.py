@@ -22,7 +22,7 @@ if __package__ in (None, ""):          # run as `python models/export.py`: impor
 from edge_runtime.engines import spec as ms  # noqa: E402
 from edge_runtime.util.errors import ConfigError  # noqa: E402
 
-from models.common import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ROOT, ToolError,  # noqa: E402
+from models.common import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ROOT, ToolError, import_torch,  # noqa: E402
                            positive_int, run_main, tool_name)
 
 # torch (and what imports it) is imported in main(), after the arguments are parsed: --help and
@@ -68,7 +68,7 @@ def imagenet_state_dict(arch: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
+    torch = import_torch()      # one line saying what to install, not a traceback
 
     from models import checkpoint, exporting
     from models.mobilenetv3 import IMAGENET_WEIGHTS_NAME, build

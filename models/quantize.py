@@ -204,9 +204,8 @@ def sha256(path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tqdm import tqdm
-
     args = parse_args(argv)
+    from tqdm import tqdm       # after the arguments: --help works without it
     src, dst = args.model, args.output
     model = load_onnx(src)
     if dst.suffix != ".onnx":

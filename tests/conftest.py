@@ -23,15 +23,42 @@ SLOW_FIXTURES = {"daemons", "live_daemon", "broker", "running"}
 SLOW_FILES = {"test_install.py", "test_systemd_unit.py", "test_bench.py", "test_real_models.py"}
 
 
-def pytest_collection_modifyitems(config, items):
+def _source_with_helpers(item) -> str:
+    """The test's source and that of its own module's functions and fixtures it calls or uses, to any
+    depth: a helper that starts a browser (test_collect_http's browser_or_skip -> Chromium) makes the
+    test slow as if it called it itself (that one escaped the slow set and made the fast set flaky)."""
     import inspect
+    import re
 
+    function = getattr(item, "function", None)
+    if function is None:
+        return ""
+    module = function.__module__
+    todo = [function]
+    for defs in getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).values():
+        todo += [d.func for d in defs if getattr(d.func, "__module__", None) == module]
+    seen, parts = set(), []
+    while todo:
+        fn = todo.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        parts.append(source)
+        for name in re.findall(r"\b([A-Za-z_]\w*)\s*\(", source):
+            helper = function.__globals__.get(name)
+            if inspect.isfunction(helper) and helper.__module__ == module:
+                todo.append(helper)
+    return "\n".join(parts)
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath))
-        try:
-            source = inspect.getsource(item.function)
-        except (OSError, TypeError, AttributeError):
-            source = ""
+        source = _source_with_helpers(item)
         if path.name in SLOW_FILES or "models" in path.parts or SLOW_FIXTURES & set(item.fixturenames) \
                 or any(call in source for call in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)

@@ -358,6 +358,16 @@ class Chromium:
                                                          "mobile": False}, session)
         self.call("Page.enable", session=session)
         self.call("Page.navigate", {"url": url}, session)
+        # Page.navigate answers before the page is there: until it commits, the tab is still about:blank,
+        # whose document is complete and has a body. A test acting on it then (a form submitted) would
+        # race the navigation. Wait until the page at `url` has been parsed (not `complete`: a live page's
+        # MJPEG stream never finishes loading).
+        expected = json.dumps(url.split("#")[0])
+        deadline = time.monotonic() + 30
+        while not self.evaluate(session, f"location.href === {expected} && document.readyState !== 'loading'"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chromium did not load {url} within 30 s")
+            time.sleep(0.05)
         return session
 
     def evaluate(self, session: str, expression: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -109,3 +110,30 @@ def test_bench_regions_compares_with_bare_batch_n(tiny_model, video_file, tmp_pa
     bad = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model), "--regions", "0"],
                          cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--regions: expected 1 to 64, got 0" in bad.stderr
+
+
+def test_bench_takes_the_daemons_config_and_flags(tmp_path, monkeypatch, capsys):
+    """--config: the daemon's model (relative to the file) and threads; --model/--threads on top; a wrong
+    config is the daemon's one line, exit 2. Without either, the model is found from any folder."""
+    from edge_runtime.cli.main import bench
+
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "config.yaml"
+    config.write_text("model: ../models/m.onnx\nthreads: 3\n")
+
+    def settled(*argv):
+        args = bench.build_parser().parse_args(list(argv))
+        bench.settle_model(args)
+        return args.model, args.threads
+
+    model, threads = settled("--config", str(config))
+    assert Path(model).resolve() == (tmp_path / "models" / "m.onnx").resolve() and threads == 3
+    assert settled("--config", str(config), "--model", "x.onnx", "--threads", "1") == ("x.onnx", 1)
+    monkeypatch.chdir(tmp_path)                  # not the repository: the repository's model all the same
+    model, threads = settled()
+    assert model == str(REPO / "models" / "mobilenetv3_small.onnx") and threads == 0
+    config.write_text("model: m.onnx\nthreadz: 3\n")
+    assert bench.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "threadz" in err[0] and str(config) in err[0]
+    assert "the ONNX model to measure" in bench.build_parser().format_help()

@@ -31,7 +31,8 @@ import pytest
 from harness import REPO, Daemon, daemon_env, run_daemon
 from tiny_model import make_channel_model, make_random_model
 
-pytest.importorskip("torch")          # distill.py trains with PyTorch (the workstation side of the loop)
+# distill.py trains with PyTorch (the workstation side of the loop)
+pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
 
 pytestmark = pytest.mark.slow
 

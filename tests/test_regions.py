@@ -21,8 +21,9 @@ from edge_runtime.watch.events import RegionState
 from edge_runtime.engines.spec import InputSpec
 from edge_runtime.engines.postprocess import Postprocessor
 from edge_runtime.engines.preprocess import Preprocessor
-from edge_runtime.watch.regions import (RegionConfig, RegionGroup, crop, crop_pixels, fill_batch, group_by_model,
-                                        parse_region_flag)
+from edge_runtime.watch.regions import (
+    RegionConfig, RegionGroup, crop, crop_pixels, fill_batch, group_by_model, parse_region_flag,
+)
 from edge_runtime.watch.snapshots import NAME_PATTERN, SnapshotWriter
 from edge_runtime.sources import SourceOptions, open_source
 

@@ -28,3 +28,49 @@ def test_dev_set_has_no_torch_and_models_set_has():
     assert "-r requirements.txt" in dev and not any(re.match(r"-r .*models/", r) for r in dev)
     assert not any(re.match(r"(torch|torchvision)\b", r) for r in dev + requirements("requirements.txt"))
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(requirements("models/requirements.txt"))
+
+
+def quick_start_commands() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```sh\n(.*?)```", section, re.S)][:2]
+
+
+def test_ci_runs_the_readme_quick_start_exactly_and_first():
+    """CI fails whenever a new user following the README would: its first two commands are the README's."""
+    commands = quick_start_commands()
+    assert len(commands) == 2 and commands[1] == ".venv/bin/python -m pytest"
+    ci = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines()
+          if line.strip().startswith(("./install.sh", ".venv/"))]
+    assert ci[:2] == commands
+    assert ci.index("./install.sh --dev --models") > 1           # the extra comes after, as its own step
+
+
+# Import names whose distribution is called otherwise.
+DISTRIBUTION = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "paho": "paho-mqtt",
+                "prometheus_client": "prometheus-client"}
+
+
+def test_every_module_the_tests_import_without_a_skip_is_installed_by_dev():
+    """`./install.sh --dev` then pytest passes on a fresh clone: a third-party module a test imports outright
+    (not through pytest.importorskip, which skips with the reason) is in requirements(-dev).txt."""
+    import ast
+    import sys
+
+    installed = {re.split(r"[<>=\[ ]", r)[0].lower() for r in requirements("requirements-dev.txt")
+                 + requirements("requirements.txt") if not r.startswith("-r")}
+    local = ({p.stem for p in (REPO / "tests").rglob("*.py")} | {p.name for p in (REPO / "tests/fakes").iterdir()}
+             | {"edge_runtime", "models", "tests", "fakes"})
+    skipped = {"torch", "torchvision"}     # imported only after pytest.importorskip (reason: --models)
+    missing = set()
+    for path in (REPO / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in local or top == "__future__":
+                    continue
+                if DISTRIBUTION.get(top, top).lower().replace("_", "-") not in installed | skipped:
+                    missing.add(f"{path.relative_to(REPO)}: {name}")
+    assert not missing

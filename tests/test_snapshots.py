@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import stat
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_snapshot_is_a_jpeg_of_the_frame_with_the_box(tmp_path):
     image = np.full((240, 320, 3), 128, np.uint8)
     box = (0.5, 0.25, 0.25, 0.5)
     name = writer.submit(image, "door", box, "Open, wide!", WHEN)
-    assert name == "20251202T141503Z_door_open-wide.jpg"
+    assert name == "20251202T141503.250Z_door_open-wide.jpg"
     image[:] = 0               # the caller's frame may be reused at once: the writer kept its own copy
     writer.close()
     data = (tmp_path / "snaps" / name).read_bytes()
@@ -70,19 +71,22 @@ def test_snapshot_is_a_jpeg_of_the_frame_with_the_box(tmp_path):
 def test_names_unique_within_a_second_and_safe(tmp_path):
     writer = SnapshotWriter(tmp_path)
     writer.start()
-    names = [writer.submit(frame(64, 48), "door", None, label, WHEN + i * 0.1)
-             for i, label in enumerate(["../../etc/passwd", "../../etc/passwd", "", None, "a/b\0c"])]
+    # Five events in one second, two of them in one millisecond: the names sort in the events' order.
+    whens = [WHEN, WHEN, WHEN + 0.1, WHEN + 0.2, WHEN + 0.2004]
+    names = [writer.submit(frame(64, 48), "door", None, label, when)
+             for when, label in zip(whens, ["../../etc/passwd", "../../etc/passwd", "", None, "a/b\0c"], strict=True)]
     writer.close()
-    assert names == ["20251202T141503Z_door_etc-passwd.jpg", "20251202T141503Z-1_door_etc-passwd.jpg",
-                     "20251202T141503Z_door_none.jpg", "20251202T141503Z-1_door_none.jpg",
-                     "20251202T141503Z_door_a-b-c.jpg"]
-    assert own_files(tmp_path) == sorted(names)
+    assert names == ["20251202T141503.250Z_door_etc-passwd.jpg", "20251202T141503.251Z_door_etc-passwd.jpg",
+                     "20251202T141503.350Z_door_none.jpg", "20251202T141503.450Z_door_none.jpg",
+                     "20251202T141503.451Z_door_a-b-c.jpg"]
+    assert sorted(names) == names and own_files(tmp_path) == names
+    assert {oct(stat.S_IMODE((tmp_path / n).stat().st_mode)) for n in names} == {"0o640"}   # the group reads
     assert label_slug("hotdog, hot dog, red hot") == "hotdog-hot-dog-red-hot"
     assert len(label_slug("x" * 500)) == 40
     # A restarted writer learns the names already there and does not overwrite them.
     again = SnapshotWriter(tmp_path)
     again.start()
-    assert again.submit(frame(64, 48), "door", None, "etc passwd", WHEN) == "20251202T141503Z-2_door_etc-passwd.jpg"
+    assert again.submit(frame(64, 48), "door", None, "etc passwd", WHEN) == "20251202T141503.252Z_door_etc-passwd.jpg"
     again.close()
     # A region name that never passed the config check is refused, not written.
     again = SnapshotWriter(tmp_path)
@@ -226,7 +230,8 @@ def test_config_section():
 
 
 def test_file_name_is_utc():
-    assert file_name(0.0, "a", "b") == "19700101T000000Z_a_b.jpg"
+    assert file_name(0.0, "a", "b") == "19700101T000000.000Z_a_b.jpg"
+    assert file_name(59.9996, "a", "b") == "19700101T000100.000Z_a_b.jpg"
     assert file_name(time.mktime((2026, 12, 2, 12, 0, 0, 0, 0, -1)), "a", "b").startswith("202612")
 
 
@@ -247,3 +252,19 @@ def test_counters_in_stats_and_metrics(tmp_path):
     text = metrics.exposition().decode()
     assert "edge_runtime_snapshots_failed_total 1.0" in text
     assert "edge_runtime_snapshots_written_total 0.0" in text
+
+
+def test_a_missing_folder_is_created_with_one_warning_naming_it(tmp_path, caplog):
+    folder = tmp_path / "snapshtos"          # a typo'd snapshots.dir
+    with caplog.at_level(logging.WARNING, logger="edge_runtime"):
+        writer = SnapshotWriter(folder)
+        writer.start()
+        writer.submit(frame(64, 48), "door", None, "open", WHEN)
+        writer.close()
+        again = SnapshotWriter(folder)        # there now: nothing to say
+        again.start()
+        again.close()
+    warnings = [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]
+    assert warnings == [f"snapshot folder {folder} does not exist; creating it (check snapshots.dir if that is "
+                        "not the folder you meant)"]
+    assert len(own_files(folder)) == 1

@@ -326,9 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
                "6 daemon runs; then the stages, a live run and the thread sweep); more with --repeats or "
                "--frames. Run it on an otherwise idle machine: a run whose rounds disagree by more than "
                f"{NOISY:.0%} is flagged as noisy.")
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--config", metavar="FILE",
+                    help="the daemon's config file (e.g. /etc/edge-runtime/config.yaml): measure its model with "
+                         "its threads, as the daemon would load them (relative paths are to the file's folder); "
+                         "--model and --threads override it, as they do the daemon's")
+    ap.add_argument("--model", metavar="PATH",
+                    help=f"the ONNX model to measure (default: the --config file's, else {DEFAULT_MODEL} in the "
+                         "current directory, else the one in this installation's repository)")
     ap.add_argument("--int8", metavar="MODEL", help="an INT8 model to compare against --model")
-    ap.add_argument("--threads", type=int, default=0, help="threads for the main comparison (0 = all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for the main comparison (default: the --config file's `threads`; 0 = all cores)")
     ap.add_argument("--size", default="640x480", help="synthetic/video frame size")
     ap.add_argument("--video", metavar="FILE",
                     help="a clip to decode instead of the generated 640x480 MJPEG one, e.g. your camera's own "
@@ -365,8 +372,36 @@ def flag_noise(result: dict) -> None:
               "re-run on an idle machine with more --repeats.")
 
 
+def default_model() -> str:
+    """DEFAULT_MODEL from the current directory as the daemon finds it, else the repository's copy (an
+    editable install run from elsewhere: `bench` then works from any folder)."""
+    if Path(DEFAULT_MODEL).exists():
+        return DEFAULT_MODEL
+    repo_copy = Path(__file__).resolve().parents[1] / DEFAULT_MODEL
+    return str(repo_copy) if repo_copy.exists() else DEFAULT_MODEL
+
+
+def settle_model(args: argparse.Namespace) -> None:
+    """args.model and args.threads as the daemon would have them: from --config (ConfigError if it is
+    wrong), the flags on top; without --config, the default model (default_model) and all cores."""
+    if args.config:
+        overrides = {k: v for k, v in (("model", args.model), ("threads", args.threads)) if v is not None}
+        cfg = config_mod.load(args.config, overrides, {"model": "--model", "threads": "--threads"})
+        args.model, args.threads = cfg.model, cfg.threads
+    else:
+        args.model = args.model or default_model()
+        args.threads = args.threads or 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from edge_runtime.util.errors import UserError
+
     args = build_parser().parse_args(argv)
+    try:
+        settle_model(args)
+    except UserError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return exc.exit_code
     if not Path(args.model).exists():
         print(f"model {args.model} not found; get one: python -m edge_runtime fetch-model --output {args.model} "
               "(add --untrained offline: speed is the same)", file=sys.stderr)

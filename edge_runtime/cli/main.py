@@ -12,7 +12,7 @@ import time
 
 from edge_runtime import __version__
 from edge_runtime import config as config_mod
-from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
+from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line, preparing
 from edge_runtime.util.redact import one_line, sanitise_logging
 
 log = logging.getLogger("edge_runtime")
@@ -156,8 +156,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     cfg = load_config()
     setup_logging(cfg.log.level)
     plan = plan_run(cfg, source_uri(cfg))
-    plan, engine = load_model(plan, cfg, args.config)
-    plan, region_engines = load_region_models(plan, cfg, engine)
+    with preparing("loading the model"):
+        plan, engine = load_model(plan, cfg, args.config)
+    with preparing("loading the regions' models"):
+        plan, region_engines = load_region_models(plan, cfg, engine)
     if args.validate_config:
         regions = f"; {len(cfg.regions)} region(s)" if cfg.regions else ""
         print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}{regions}")

@@ -95,6 +95,13 @@ class Metrics:
                                  labels=sorted(self.model_info))
         info.add_metric([self.model_info[k] for k in sorted(self.model_info)], 1.0)
         yield info
+        regions = self.stats.get_extra("region_models")
+        if regions:
+            family = GaugeMetricFamily("edge_runtime_region_model_info",
+                                       "The model file each region runs (value is always 1)", labels=["region", "path"])
+            for name, path in sorted(regions.items()):
+                family.add_metric([name, path], 1.0)
+            yield family
         build = GaugeMetricFamily("edge_runtime_build_info", "edge_runtime version (value is always 1)",
                                   labels=["version"])
         build.add_metric([__version__], 1.0)

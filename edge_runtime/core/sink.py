@@ -8,6 +8,8 @@ pipeline only through the `SinkContext` it is started with, and never another si
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -60,6 +62,12 @@ class Sink:
 
     def model_changed(self, model_info: dict[str, str]) -> None:
         """A reload swapped the model (same keys as SinkContext.model_info)."""
+
+    def regions_changed(self, regions: tuple) -> None:
+        """A reload changed the regions' boxes, models or thresholds (their names stay): what the sink
+        knows of them (SinkContext.regions) follows."""
+        if getattr(self, "context", None) is not None:
+            self.context = dataclasses.replace(self.context, regions=tuple(regions))
 
     def event(self, event: dict) -> None:
         """A region's state changed (events.py's event dict); called in frame order, after its predictions."""

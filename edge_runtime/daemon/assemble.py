@@ -36,7 +36,9 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
     cv2.setNumThreads(1)
     log.info("model: %s", engine.describe())
     warn_untrained(engine)
-    engines, groups = lane_sessions(cfg, plan, engine, region_engines or {})
+    from edge_runtime.util.errors import preparing
+    with preparing("preparing the lanes' sessions"):
+        engines, groups = lane_sessions(cfg, plan, engine, region_engines or {})
     if plan.lanes > 1 or plan.batch > 1:
         shared = ", one shared session" if plan.lanes > 1 and len(set(engines)) == 1 else ""
         log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
@@ -45,6 +47,7 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
         log.info("%d region(s): %s", len(cfg.regions), ", ".join(f"{r.name} {list(r.box)}" for r in cfg.regions))
     stats = Stats()
     show_model(stats, engine)
+    show_region_models(stats, cfg.regions, cfg.model, region_engines or {})
     sinks = build_sinks(cfg)
     options = PipelineOptions(top_k=cfg.top_k, max_frames=cfg.max_frames, stats_interval=cfg.stats_interval,
                               batch=plan.batch, stall_timeout=cfg.capture.stall_timeout,
@@ -81,6 +84,20 @@ def lane_sessions(cfg, plan, engine, region_engines: dict):
 
 
 def show_model(stats, engine) -> None:
-    """In every stats line: which model, and whether its labels mean anything (at start and on reload)."""
+    """In every stats line: which model, and whether its labels mean anything (at start and on reload).
+    `arch` only when the model says (a foreign model has none: nothing rather than an empty string)."""
     info = engine.info()
-    stats.set_extra("model", {"path": info["path"], "arch": info["arch"], "untrained": engine.spec.untrained})
+    model = {"path": info["path"], "untrained": engine.spec.untrained}
+    if info["arch"]:
+        model["arch"] = info["arch"]
+    stats.set_extra("model", model)
+
+
+def show_region_models(stats, regions, default_model: str, region_engines: dict) -> None:
+    """With regions: the model file each region runs, in one log line, in the stats line (`region_models`)
+    and in /metrics (edge_runtime_region_model_info); at start and on every reload."""
+    if not regions:
+        return
+    models = {r.name: str(region_engines[r.model or default_model].path) for r in regions}
+    stats.set_extra("region_models", models)
+    log.info("region models: %s", ", ".join(f"{name}: {path}" for name, path in models.items()))

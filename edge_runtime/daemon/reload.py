@@ -7,10 +7,11 @@ warmed up beside the running one; only then are the lanes' sessions swapped, bet
 model of another input size) is refused in one line naming the file and the problem, and the daemon
 keeps what it had. systemd hears RELOADING=1 at the start and READY=1 at the end, either way.
 
-What a reload applies: the model and its description (`model`, `model_spec`), the regions' model
-files (read again from the same paths), `top_k`, `batch`, the log level. Other keys (the source,
-capture, threads, lanes, the regions themselves, MQTT, HTTP, ...) are read and checked, and a change to
-them is said to need a restart.
+What a reload applies: the model and its description (`model`, `model_spec`), `top_k`, `batch`, the
+log level, and each region's model (its file read again; its labels with it), box, threshold(s) and
+min_frames: the teach loop's last step is a reload. Regions added, removed or renamed take a restart
+(MQTT discovery and the page are set up per region name), as do the other keys (the source, capture,
+threads, lanes, MQTT, HTTP, ...): they are read and checked, and the warning names the key.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import threading
 from typing import Callable
 
 from edge_runtime.util import schema
-from edge_runtime.util.errors import UserError
+from edge_runtime.util.errors import UserError, first_line, preparing
 
 log = logging.getLogger(__name__)
 
-APPLIED = {"model", "model_spec", "top_k", "batch", "log"}
+APPLIED = {"model", "model_spec", "top_k", "batch", "log", "regions"}
 
 
 def _release_freed_memory() -> None:
@@ -66,40 +67,80 @@ class Reloader:
                 self.reload()
 
     def reload(self) -> bool:
-        """One reload; True when it took effect."""
-        from edge_runtime.daemon.assemble import lane_sessions, show_model
-        from edge_runtime.core.plan import load_model, load_region_models
-
+        """One reload; True when it took effect. It never raises: whatever goes wrong (a UserError, or
+        anything unexpected while the config, models, sessions or sinks are prepared) is one line and a
+        counted `reload_failures`, the previous model keeps serving, systemd hears READY=1 and the next
+        SIGHUP is served (an exception escaping here would end the reloader thread for good)."""
         self.notifier.reloading()
         log.info("reload: reading the config and the model again")
         try:
-            cfg = self.load_config()
-            self._say_what_needs_a_restart(cfg)
-            # The running regions (their names, boxes and states stay); their model files are read again.
-            cfg = dataclasses.replace(cfg, regions=self.cfg.regions)
-            plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
-            plan, region_engines = load_region_models(plan, cfg, engine)
-            engines, groups = lane_sessions(cfg, plan, engine, region_engines)
+            return self._reload()
         except UserError as exc:
             self.stats.add("reload_failures")
             log.error("reload refused, still running with the previous config and model: %s", exc)
-            self.notifier.ready()
             return False
+        except Exception as exc:
+            self.stats.add("reload_failures")
+            log.error("reload failed unexpectedly, still running with the previous config and model: %s: %s",
+                      type(exc).__name__, first_line(exc))
+            log.debug("reload failure", exc_info=True)
+            return False
+        finally:
+            self.notifier.ready()
+
+    def _reload(self) -> bool:
+        from edge_runtime.daemon.assemble import lane_sessions, show_model, show_region_models
+        from edge_runtime.core.plan import load_model, load_region_models
+
+        with preparing("reading the config"):
+            cfg = self.load_config()
+        self._say_what_needs_a_restart(cfg)
+        cfg = dataclasses.replace(cfg, regions=self._regions(cfg))
+        with preparing("loading the model"):
+            plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
+        with preparing("loading the regions' models"):
+            plan, region_engines = load_region_models(plan, cfg, engine)
+        with preparing("preparing the lanes' sessions"):
+            engines, groups = lane_sessions(cfg, plan, engine, region_engines)
+        # Everything is ready: from here on the new model serves.
         self.pipeline.swap(engines, top_k=cfg.top_k, batch=plan.batch, region_groups=groups)
-        if self.apply_log_level is not None and cfg.log.level != self.cfg.log.level:
-            self.apply_log_level(cfg.log.level)
-        show_model(self.stats, engine)
-        info = engine.info()
-        for sink in self.sinks:
-            sink.model_changed(info)
+        if cfg.regions and self.pipeline.watch is not None:
+            self.pipeline.watch.reconfigure(cfg.regions, self.cfg.publish)
+        old_level = self.cfg.log.level
         self.cfg, self.plan = cfg, plan
         self.stats.add("reloads")
+        if self.apply_log_level is not None and cfg.log.level != old_level:
+            self.apply_log_level(cfg.log.level)
+        show_model(self.stats, engine)
+        show_region_models(self.stats, cfg.regions, cfg.model, region_engines)
+        info = engine.info()
+        for sink in self.sinks:
+            for tell, news in ((sink.model_changed, info), (sink.regions_changed, cfg.regions)):
+                try:
+                    tell(news)
+                except Exception as exc:        # one sink's bug: the others are told, the new model serves
+                    self.stats.add("reload_failures")
+                    log.error("reload: the %s output could not take the new model (it serves nonetheless): "
+                              "%s: %s", sink.name, type(exc).__name__, first_line(exc))
+                    log.debug("sink failure on reload", exc_info=True)
         log.info("reload: now classifying with %s", engine.describe())
         del engine, engines, groups, region_engines
         self.pipeline.stop.wait(1.0)        # the batch in flight finishes on the old sessions, then they go
         _release_freed_memory()
-        self.notifier.ready()
         return True
+
+    def _regions(self, cfg) -> tuple:
+        """The new regions when their names are the running ones (boxes, models and thresholds apply);
+        the running ones otherwise, with a warning naming what was added or removed."""
+        old, new = [r.name for r in self.cfg.regions], [r.name for r in cfg.regions]
+        if old == new:
+            return cfg.regions
+        added, removed = [n for n in new if n not in old], [n for n in old if n not in new]
+        what = "; ".join(part for part in (added and f"added {', '.join(added)}",
+                                           removed and f"removed {', '.join(removed)}") if part) or "reordered"
+        log.warning("reload: regions %s; that takes a restart (sudo systemctl restart edge-runtime). "
+                    "Reloading the rest, the running regions keep their settings", what)
+        return self.cfg.regions
 
     def _say_what_needs_a_restart(self, cfg) -> None:
         old, new = schema.to_dict(self.cfg), schema.to_dict(cfg)

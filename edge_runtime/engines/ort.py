@@ -237,7 +237,8 @@ class Engine:
 
     def describe(self) -> str:
         info = self.spec.info_dict
-        parts = [self.path, f"spec from {self.spec.origin}", f"{self.num_outputs} outputs",
+        origin = [f"spec from {self.spec.origin}"] if self.spec.origin else []     # never "from None"
+        parts = [self.path, *origin, f"{self.num_outputs} outputs",
                  f"{self.threads} thread(s)" + ("" if self.spinning or self.threads == 1 else " (no spin-wait)")]
         if info.get("arch"):
             parts.insert(1, info["arch"])

@@ -24,8 +24,9 @@ class LogSink(Sink):
 
     def event(self, event):
         shot = f", snapshot {event['snapshot']}" if event.get("snapshot") else ""
-        log.info("event: %s changed from %s to %s (score %.3f, frame %d)%s", event["region"], event["from"],
-                 event["to"], event["score"], event["frame"], shot)
+        # The first state has no previous one: "door is open", not "changed from None".
+        change = f"is {event['to']}" if event["from"] is None else f"changed from {event['from']} to {event['to']}"
+        log.info("event: %s %s (score %.3f, frame %d)%s", event["region"], change, event["score"], event["frame"], shot)
 
     def stats(self, line):
         log.info("%s%s", "final: " if line.get("final") else "", summary(line))

@@ -3,6 +3,9 @@
 Exit 2 means "fix your input": systemd's RestartPreventExitStatus=2 stops a restart loop on them.
 """
 
+import contextlib
+import logging
+
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
@@ -35,6 +38,29 @@ class ModelError(UserError):
 
 class SourceError(UserError):
     """A source could not be opened at all (as opposed to a live source that glitches)."""
+
+
+class PrepareError(UserError):
+    """Something unexpected (an onnxruntime error in a warm-up, an OSError reading a labels file) went wrong
+    while the model and its sessions were prepared: at start one line and exit 2, not a traceback and exit
+    1 (under systemd a restart loop on a file that will not change); the traceback is logged at debug."""
+
+    def __init__(self, step: str, exc: BaseException):
+        self.step = step
+        super().__init__(f"{step}: {type(exc).__name__}: {first_line(exc)}")
+
+
+@contextlib.contextmanager
+def preparing(step: str):
+    """Turn an unexpected exception raised while `step` runs into a PrepareError (UserErrors pass as they
+    are; MemoryError and ImportError too: cli.py reports those as a broken install or a memory limit)."""
+    try:
+        yield
+    except (UserError, MemoryError, ImportError):
+        raise
+    except Exception as exc:
+        logging.getLogger("edge_runtime").debug("%s failed", step, exc_info=True)
+        raise PrepareError(step, exc) from exc
 
 
 def first_line(exc: BaseException) -> str:

@@ -32,11 +32,16 @@ from edge_runtime.util.schema import between, field
 
 log = logging.getLogger(__name__)
 
-# <UTC yyyymmddThhmmssZ>[-<n> when two fall in one second]_<region>_<label slug>.jpg
-NAME_PATTERN = re.compile(r"(\d{8}T\d{6}Z)(?:-(\d{1,4}))?_([a-z0-9_-]{1,32})_([a-z0-9-]{1,40})\.jpg")
+# <UTC yyyymmddThhmmss.mmmZ>_<region>_<label slug>.jpg: fixed width, so that names sort in time order
+# (`ls` shows them oldest first). Two in the same millisecond: the later one is nudged a millisecond on.
+# Names of earlier versions (whole seconds, `-<n>` for a second one in that second) are still ours.
+NAME_PATTERN = re.compile(r"(\d{8}T\d{6}(?:\.\d{3})?Z)(?:-(\d{1,4}))?_([a-z0-9_-]{1,32})_([a-z0-9-]{1,40})\.jpg")
 _TEMP_PREFIX = ".snapshot-"
 _TEMP_PATTERN = re.compile(re.escape(_TEMP_PREFIX) + r"[A-Za-z0-9_]+\.part")
 WARN_EVERY_S = 60.0
+# Snapshot files: the owner (the daemon's user) writes, its group reads (e.g. a web server or a person in
+# the service's group), others nothing: a frame of the camera is not for every account on the board.
+FILE_MODE = 0o640
 MAX_READ_BYTES = 32 * 1024 * 1024    # resolve()/read(): no file of ours is bigger than a frame's JPEG
 
 
@@ -53,9 +58,13 @@ def label_slug(label: str | None) -> str:
     return slug or "none"
 
 
-def file_name(when: float, region: str, label: str | None, seq: int = 0) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-    return f"{stamp}{f'-{seq}' if seq else ''}_{region}_{label_slug(label)}.jpg"
+def file_name(when: float, region: str, label: str | None) -> str:
+    return name_at(round(when * 1000), region, label)
+
+
+def name_at(ms: int, region: str, label: str | None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ms // 1000))
+    return f"{stamp}.{ms % 1000:03d}Z_{region}_{label_slug(label)}.jpg"
 
 
 def _sort_key(name: str, mtime_ns: int = 0):
@@ -86,6 +95,7 @@ class SnapshotWriter:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._known: set[str] = set()       # names on disk or queued: submit() keeps new ones unique
+        self._last_ms = 0                   # the newest name's time: the next one is later
         self._thread: threading.Thread | None = None
         self._root: Path | None = None
         self._warnings = RateLimited(WARN_EVERY_S)     # from the writer thread and from start()
@@ -112,6 +122,10 @@ class SnapshotWriter:
             return
         self._count(None)        # the counters appear (at 0) in stats and metrics once snapshots are on
         try:
+            if not self.dir.exists():
+                # A typo in snapshots.dir must be visible: the folder is made, and said so once.
+                log.warning("snapshot folder %s does not exist; creating it (check snapshots.dir if that is "
+                            "not the folder you meant)", self.dir.absolute())
             self.dir.mkdir(parents=True, exist_ok=True)
             self._root = self.dir.resolve(strict=True)
             names = self._own_files()
@@ -146,11 +160,14 @@ class SnapshotWriter:
         if self._thread is None:
             return None
         with self._lock:
-            seq = 0
-            name = file_name(when, region_name, label)
+            # Each name later than the one before (names sort in the order the events came), and never
+            # one already there (a restarted writer learns them in start()).
+            ms = max(round(when * 1000), self._last_ms + 1)
+            name = name_at(ms, region_name, label)
             while name in self._known:
-                seq += 1
-                name = file_name(when, region_name, label, seq)
+                ms += 1
+                name = name_at(ms, region_name, label)
+            self._last_ms = ms
             if not NAME_PATTERN.fullmatch(name):      # a region name that never passed the config check
                 return None
             self._known.add(name)
@@ -242,6 +259,7 @@ class SnapshotWriter:
         fd, tmp = _mkstemp(root)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), FILE_MODE)      # mkstemp makes 0600: the page's group reads them too
                 f.write(data.tobytes())
                 if self.fsync:
                     f.flush()

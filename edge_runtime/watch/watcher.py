@@ -41,6 +41,19 @@ class Watch:
         self._refused = dict.fromkeys(self.states, 0)
         self._refused_lock = threading.Lock()
 
+    def reconfigure(self, regions: Sequence[RegionConfig], publish) -> None:
+        """A reload: the same regions (by name) with new boxes or thresholds. Each state keeps its current
+        label and counts; only its rule changes (called between two frames, under no lock: a box is
+        one tuple swap, a threshold one float)."""
+        for region in regions:
+            state = self.states.get(region.name)
+            if state is None:
+                continue
+            rule = RegionState.from_config(region, publish)
+            state.threshold, state.min_frames, state.thresholds = rule.threshold, rule.min_frames, rule.thresholds
+        self.boxes = {r.name: tuple(r.box) for r in regions}
+        self.regions = tuple(regions)
+
     def start(self) -> None:
         if self.writer is not None:
             self.writer.start()

@@ -12,8 +12,8 @@ import models_testlib  # noqa: E402,F401  (puts the repository root on sys.path 
 
 pytest_plugins = ["models_testlib"]   # its fixtures
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+torch = pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
+torchvision = pytest.importorskip("torchvision", reason="needs PyTorch: ./install.sh --dev --models")
 
 from models import mobilenetv3  # noqa: E402
 from models.exporting import count_macs  # noqa: E402

@@ -15,7 +15,7 @@ import models_testlib  # noqa: E402,F401  (puts the repository root on sys.path 
 
 pytest_plugins = ["models_testlib"]   # its fixtures
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
 ort = pytest.importorskip("onnxruntime")
 
 from edge_runtime.engines import spec as ms  # noqa: E402
@@ -184,3 +184,26 @@ def test_imagenet_init_keeps_the_features_and_replaces_the_classifier(monkeypatc
     assert model.classifier[3].out_features == 3
     assert torch.equal(model.features[4].block[1][0].weight, source.features[4].block[1][0].weight)
     assert torch.equal(model.classifier[0].weight, source.classifier[0].weight)
+
+
+def test_weights_loads_a_local_copy_of_torchvisions_file_instead_of_the_download(tmp_path, monkeypatch):
+    """--weights FILE.pth: a file recognised by its pinned SHA-256 is loaded, torch.hub is never asked."""
+    import hashlib
+
+    from edge_runtime.modelzoo import mobilenetv3_arch as arch_tables
+    from models import checkpoint, mobilenetv3
+
+    source = mobilenetv3.build("small")
+    copy = tmp_path / "renamed.pth"
+    torch.save(source.state_dict(), str(copy))
+    data = copy.read_bytes()
+    pinned = dict(arch_tables.IMAGENET_WEIGHTS)      # the pin, as if this file were torchvision's
+    pinned["mobilenet_v3_small"] = arch_tables.Weights("https://example.invalid/mobilenet_v3_small-x.pth",
+                                                       hashlib.sha256(data).hexdigest(), len(data))
+    monkeypatch.setattr(arch_tables, "IMAGENET_WEIGHTS", pinned)
+    monkeypatch.setattr(checkpoint, "imagenet_state_dict", lambda arch: pytest.fail("downloaded"))
+    local = distill.imagenet_files([copy])
+    assert local == {"mobilenet_v3_small": copy}
+    model = distill.new_network("mobilenet_v3_small", 3, "imagenet", local["mobilenet_v3_small"])
+    assert model.classifier[3].out_features == 3
+    assert torch.equal(model.features[4].block[1][0].weight, source.features[4].block[1][0].weight)

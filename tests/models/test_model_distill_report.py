@@ -20,7 +20,7 @@ import models_testlib  # noqa: E402,F401  (puts the repository root on sys.path 
 
 pytest_plugins = ["models_testlib"]
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
 ort = pytest.importorskip("onnxruntime")
 
 from edge_runtime.engines import spec as ms  # noqa: E402

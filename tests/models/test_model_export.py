@@ -16,7 +16,7 @@ import models_testlib  # noqa: E402,F401  (puts the repository root on sys.path 
 
 pytest_plugins = ["models_testlib"]   # its fixtures
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 

@@ -99,7 +99,7 @@ def test_int8_carries_the_sidecar_description(int8, fixtures, tmp_path, onnx_met
 
 def test_quantizes_our_own_export(tmp_path, run_model_tool, onnx_metadata, fixtures):
     """Plumbing with a random network: an opset-11 export becomes an opset-13 INT8 file with our metadata."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
     from models import export
 
     fp32, int8 = tmp_path / "small.onnx", tmp_path / "small_int8.onnx"

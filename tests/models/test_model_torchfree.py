@@ -17,8 +17,8 @@ import models_testlib  # noqa: E402,F401  (puts the repository root on sys.path 
 
 pytest_plugins = ["models_testlib"]
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+torch = pytest.importorskip("torch", reason="needs PyTorch: ./install.sh --dev --models")
+torchvision = pytest.importorskip("torchvision", reason="needs PyTorch: ./install.sh --dev --models")
 onnx = pytest.importorskip("onnx")
 import cv2  # noqa: E402
 import onnxruntime as ort  # noqa: E402
