@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = train(args.data, args.backbone, args.output, features=args.features,
-                       progress=_bar, threads=args.threads)
+                       progress=_bar if sys.stderr.isatty() else None, threads=args.threads)
     except UserError as exc:
         if _bar_open[0]:
             sys.stderr.write("\n")      # end the half-drawn progress line before the error
