@@ -199,3 +199,15 @@ def test_features_are_found_in_a_mobilenetv3_graph(tmp_path):
         cut = feat.cut(model, tensor, "v3")
         sess = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
         assert sess.run(None, {"input": x})[0].shape == (2, dim)
+
+
+def test_softmax_head_fitted_in_the_pictures_span_is_the_same_head():
+    """The d > n shortcut (fit in the span of the pictures) must give the full fit's answer."""
+    from edge_runtime.teach import head
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 8)
+    x = rng.normal(size=(24, 300)) + rng.normal(size=(3, 300))[y]
+    fast, full = head.fit_softmax(x, y, 3), head.fit_softmax(x, y, 3, in_span=False)
+    probe = rng.normal(size=(50, 300)) + rng.normal(size=(3, 300))[rng.integers(0, 3, 50)]
+    np.testing.assert_allclose(fast.logits(probe), full.logits(probe), rtol=1e-6, atol=1e-6)
+    assert (fast.predict(x) == y).all()

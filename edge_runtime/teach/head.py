@@ -50,7 +50,8 @@ def fit_imprint(x: np.ndarray, y: np.ndarray, k: int) -> Linear:
     return Linear(means * IMPRINT_SCALE, np.zeros(k), True)
 
 
-def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, *, l2: float = 1e-3, steps: int = 300) -> Linear:
+def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, *, l2: float = 1e-3, steps: int = 300,
+                in_span: bool = True) -> Linear:
     """Multinomial logistic regression on standardised features, Nesterov-accelerated gradient descent
     with a step from the data's Lipschitz bound (no line search, no tuning per run); the standardisation
     is folded back into the weights so the ONNX head is one Gemm."""
@@ -58,11 +59,18 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, *, l2: float = 1e-3, steps
     std = x.std(axis=0) + 1e-6
     z = ((x - mean) / std).astype(np.float64)
     n, d = z.shape
+    basis = None
+    if in_span and d > n:
+        # Fewer pictures than features (the usual case: 20-200 pictures, 576-1280 features). With L2 the
+        # optimum lies in the span of the pictures (representer theorem), so fit in its n-dim coordinates:
+        # the same answer, each step n*n*k instead of n*d*k (80 pictures x 1280: 0.95 s -> tens of ms).
+        u, sv, vt = np.linalg.svd(z, full_matrices=False)
+        z, basis = u * sv, vt
     onehot = np.eye(k)[y]
     # Softmax cross-entropy's Hessian is at most 0.5 * ||z||^2 / n: the largest safe step.
     lipschitz = 0.5 * float(np.linalg.norm(z, ord=2) ** 2) / n + l2
     lr = 1.0 / lipschitz
-    w = np.zeros((d, k))
+    w = np.zeros((z.shape[1], k))
     b = np.zeros(k)
     w_prev, b_prev = w, b
     for t in range(1, steps + 1):
@@ -76,6 +84,8 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, *, l2: float = 1e-3, steps
         w_prev, b_prev = w, b
         w = vw - lr * (z.T @ g + l2 * vw)
         b = vb - lr * g.sum(axis=0)
+    if basis is not None:
+        w = basis.T @ w
     weight = (w / std[:, None]).T
     bias = b - weight @ mean
     return Linear(weight, bias, False)
