@@ -168,6 +168,10 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path, two_labels):
     assert "cannot decode image" in _refused(tmp_path, two_labels) and "bad.jpg" in _refused(tmp_path, two_labels)
     (two_labels / "cat" / "bad.jpg").unlink()
 
+    (two_labels / "bad label!").mkdir()
+    assert "not a label name" in _refused(tmp_path, two_labels)
+    (two_labels / "bad label!").rmdir()
+
     assert "no tensor 'nope'" in _refused(tmp_path, two_labels, "--features", "nope")
     quant = FIXTURES / "models" / "mobilenet_v2_1.0_224_quant.onnx"
     assert "quantised" in _refused(tmp_path, two_labels, backbone=quant)

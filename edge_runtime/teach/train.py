@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import model_spec as ms
 from .. import safeio
-from ..collect import UNLABELED
+from ..collect import LABEL_PATTERN, UNLABELED
 from ..errors import EXIT_OK, ConfigError, ModelError, UserError
 from . import features as feat
 from . import head as heads
@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MIN_PER_LABEL = 2
 RECOMMENDED_PER_LABEL = 10      # see README: 5 a label already held out >= 97 % on a state task
 MAX_IMAGE_BYTES = 32 << 20
-MAX_IMAGES = 20_000
+MAX_IMAGES = 5000            # features in memory: 5000 x 1280 x 8 bytes = 51 MB during the fit
 MAX_LABELS = 1000
 METADATA_REPORT_KEY = "edge_runtime.train_report"
 
@@ -87,13 +87,23 @@ class Report:
 
 def scan(data: str | os.PathLike) -> dict[str, list[Path]]:
     """label -> image files, sorted; `unlabeled/` and hidden entries are not classes."""
-    root = Path(data)
+    try:
+        return _scan(Path(data))
+    except OSError as exc:
+        raise TrainError(f"--data {data}: cannot list {exc.filename or data}: {exc.strerror or exc}") from None
+
+
+def _scan(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise TrainError(f"--data {root}: not a folder")
     found: dict[str, list[Path]] = {}
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or entry.name == UNLABELED or not entry.is_dir():
             continue
+        if not LABEL_PATTERN.fullmatch(entry.name):
+            # The folder name becomes the label in predictions, MQTT topics and Home Assistant: collect's rule.
+            raise TrainError(f"--data {root}: folder {safeio.display_path(entry.name)!s} is not a label name "
+                             f"(1 to 64 of A-Z a-z 0-9 _ -): rename it, or move it out of {root}")
         files = sorted(p for p in entry.iterdir()
                        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         found[entry.name] = files
@@ -191,6 +201,8 @@ def train(data: str | os.PathLike, backbone: str, output: str | os.PathLike, *,
     out = Path(output)
     if not out.parent.is_dir():
         raise TrainError(f"--output {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise TrainError(f"--output {out}: is a folder; name the .onnx file to write")
     found = scan(data)
     if not Path(backbone).is_file():
         raise ModelError(backbone, "file not found")
@@ -262,7 +274,10 @@ def train(data: str | os.PathLike, backbone: str, output: str | os.PathLike, *,
     for key, value in new_spec.to_metadata(**info).items():
         taught.metadata_props.add(key=key, value=value)
     taught.metadata_props.add(key=METADATA_REPORT_KEY, value=report.to_json())
-    atomic_write(out, taught.SerializeToString())
+    try:
+        atomic_write(out, taught.SerializeToString())
+    except OSError as exc:
+        raise TrainError(f"--output {out}: cannot write it: {exc.strerror or exc}") from None
     return report
 
 
