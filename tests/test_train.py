@@ -215,3 +215,13 @@ def test_softmax_head_fitted_in_the_pictures_span_is_the_same_head():
     probe = rng.normal(size=(50, 300)) + rng.normal(size=(3, 300))[rng.integers(0, 3, 50)]
     np.testing.assert_allclose(fast.logits(probe), full.logits(probe), rtol=1e-6, atol=1e-6)
     assert (fast.predict(x) == y).all()
+
+
+def test_train_imports_no_torch(tmp_path, two_labels):
+    out = tmp_path / "t.onnx"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "edge_runtime", "train", "--data", two_labels,
+                           "--backbone", BACKBONE, "--output", out], capture_output=True, text=True, timeout=300,
+                          env=daemon_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "onnxruntime" in imported and "torch" not in imported and "sklearn" not in imported
