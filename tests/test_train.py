@@ -225,3 +225,21 @@ def test_train_imports_no_torch(tmp_path, two_labels):
     assert proc.returncode == 0, proc.stderr
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "onnxruntime" in imported and "torch" not in imported and "sklearn" not in imported
+
+
+def test_library_call_reports_progress_and_stops_when_cancelled(tmp_path, two_labels):
+    """What the page's Train button will call: progress per picture, cancel/deadline, nothing written."""
+    seen = []
+    out = tmp_path / "lib.onnx"
+    report = teach.train(two_labels, str(BACKBONE), out, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]
+    assert report.images == {"bird": 3, "cat": 3} and report.folds == 3 and out.exists()
+    assert sum(map(sum, report.confusion)) == 6 and 0 <= report.accuracy <= 1
+
+    stopped = tmp_path / "stopped.onnx"
+    with pytest.raises(teach.Cancelled, match="after 2 of 6"):
+        teach.train(two_labels, str(BACKBONE), stopped, progress=lambda done, total: seen.append(done),
+                    cancelled=lambda: len(seen) >= 8)
+    with pytest.raises(teach.Cancelled, match="after 0 of 6"):
+        teach.train(two_labels, str(BACKBONE), stopped, deadline=0.0)
+    assert not stopped.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data", "lib.onnx"]
