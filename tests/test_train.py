@@ -243,3 +243,28 @@ def test_library_call_reports_progress_and_stops_when_cancelled(tmp_path, two_la
     with pytest.raises(teach.Cancelled, match="after 0 of 6"):
         teach.train(two_labels, str(BACKBONE), stopped, deadline=0.0)
     assert not stopped.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data", "lib.onnx"]
+
+
+def test_head_keeps_a_symbolic_batch_axis():
+    """A backbone with a dynamic batch (fetch-model's, models/export.py's) keeps it in the taught model."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_runtime.teach import features as feat
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(10, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pool"]), helper.make_node("Flatten", ["pool"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert feat.find_features(model, "m") == "flat"
+    taught = feat.with_head(feat.cut(model, "flat", "m"), rng.normal(size=(3, 8)), np.zeros(3), normalise=True,
+                            batch=feat.batch_dim(model))
+    assert taught.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [i.name for i in taught.graph.initializer] == ["teach_head.weight", "teach_head.bias"]   # w dropped
+    sess = ort.InferenceSession(taught.SerializeToString(), providers=["CPUExecutionProvider"])
+    probs = sess.run(None, {"input": rng.normal(size=(5, 8, 4, 4)).astype(np.float32)})[0]
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
