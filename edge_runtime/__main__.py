@@ -2,7 +2,7 @@ import logging
 import os
 import sys
 
-from .cli import main
+from edge_runtime.cli.main import main
 
 code = main()
 # Leave without interpreter finalisation: a capture thread abandoned inside a blocked native read

@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from . import safeio, schema
-from .addresses import parse_broker_url, parse_listen
-from .errors import ConfigError
-from .regions import RegionConfig, check_unique
-from .schema import Invalid, all_of, at_most, between, field, greater_than, one_of
-from .snapshots import SnapshotConfig
+from edge_runtime.util import safeio, schema
+from edge_runtime.util.addresses import parse_broker_url, parse_listen
+from edge_runtime.util.errors import ConfigError
+from edge_runtime.watch.regions import RegionConfig, check_unique
+from edge_runtime.util.schema import Invalid, all_of, at_most, between, field, greater_than, one_of
+from edge_runtime.watch.snapshots import SnapshotConfig
 
 log = logging.getLogger(__name__)
 

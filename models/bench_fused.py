@@ -23,8 +23,8 @@ if __package__ in (None, ""):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 
 from models.common import ort_session, positive_int, run_main  # noqa: E402
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from edge_runtime.argtypes import positive_int
-from edge_runtime.errors import EXIT_OK, EXIT_UNEXPECTED, UserError
+from edge_runtime.util.argtypes import positive_int
+from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, UserError
 
 __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def ort_session(path: str | Path, threads: int = 0):
     default), so that evaluations and timings here are what the device computes; errors name the file."""
     import onnxruntime as ort
 
-    from edge_runtime.engine import session_options
+    from edge_runtime.engines.ort import session_options
 
     opts = session_options(threads)
     try:

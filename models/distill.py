@@ -24,7 +24,7 @@ if __package__ in (None, ""):          # run as `python models/distill.py`: impo
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from models.common import ToolError, positive_int, run_main, tool_name  # noqa: E402
-from edge_runtime.collect import UNLABELED  # noqa: E402  (where `collect --unlabeled` saves)
+from edge_runtime.teach.collect import UNLABELED  # noqa: E402  (where `collect --unlabeled` saves)
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_TEMPERATURE = 2.0

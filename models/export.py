@@ -19,8 +19,8 @@ from typing import Sequence
 if __package__ in (None, ""):          # run as `python models/export.py`: import from the repo root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.errors import ConfigError  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.util.errors import ConfigError  # noqa: E402
 
 from models.common import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ROOT, ToolError,  # noqa: E402
                            positive_int, run_main, tool_name)

@@ -1,6 +1,6 @@
 """A PyTorch classifier -> a self-describing ONNX file, and the checks run on that file.
 
-The file's metadata_props carry the runtime's model description (edge_runtime.model_spec.ModelSpec,
+The file's metadata_props carry the runtime's model description (edge_runtime.engines.spec.ModelSpec,
 the sidecar format with labels inline) plus info items (arch, weights, exporter, opset...), so the
 daemon needs no sidecar. Used by export.py and distill.py.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime import model_spec as ms
+from edge_runtime.engines import spec as ms
 
 from .common import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, CheckFailed, ToolError, file_size_mb, ort_session  # noqa: F401
 

@@ -11,8 +11,8 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from edge_runtime.model_spec import InputSpec
-from edge_runtime.preprocess import Preprocessor
+from edge_runtime.engines.spec import InputSpec
+from edge_runtime.engines.preprocess import Preprocessor
 
 from .common import ToolError
 

@@ -3,7 +3,7 @@
     python models/quantize.py --model FP32.onnx --calibration-dir DIR --output INT8.onnx [--eval-dir DIR]
 
 QDQ format, per-channel int8 weights, uint8 activations calibrated on real images that are read and
-preprocessed exactly as the runtime does it (cv2.imread -> edge_runtime.preprocess.Preprocessor, driven
+preprocessed exactly as the runtime does it (cv2.imread -> edge_runtime.engines.preprocess.Preprocessor, driven
 by the model's own description: its metadata, else its sidecar YAML). The INT8 file carries that
 description in its metadata, so the daemon needs nothing else to run it. With --eval-dir, reports the
 top-1 agreement with the float model and the size and latency of both.
@@ -27,8 +27,8 @@ if __package__ in (None, ""):          # run as `python models/quantize.py`: imp
 
 import numpy as np  # noqa: E402
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.errors import ConfigError  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.util.errors import ConfigError  # noqa: E402
 
 from models.common import (CheckFailed, ToolError, file_size_mb, first_line, load_onnx, ort_session,  # noqa: E402
                            positive_int, run_main, tool_name)

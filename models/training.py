@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from edge_runtime.model_spec import InputSpec
-from edge_runtime.preprocess import Preprocessor
+from edge_runtime.engines.spec import InputSpec
+from edge_runtime.engines.preprocess import Preprocessor
 
 from .common import ToolError
 from .imagefolder import read_bgr

@@ -37,13 +37,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from edge_runtime import config as config_mod  # noqa: E402
-from edge_runtime.engine import Engine  # noqa: E402
-from edge_runtime.pipeline import Pipeline, PipelineOptions  # noqa: E402
+from edge_runtime.engines.ort import Engine  # noqa: E402
+from edge_runtime.core.pipeline import Pipeline, PipelineOptions  # noqa: E402
 from edge_runtime.sinks import SinkContext, StdoutSink  # noqa: E402
-from edge_runtime.sinks.http import HttpSink  # noqa: E402
+from edge_runtime.web.http import HttpSink  # noqa: E402
 from edge_runtime.sinks.mqtt import MqttSink  # noqa: E402
 from edge_runtime.sources import SourceOptions, open_source  # noqa: E402
-from edge_runtime.stats import Stats  # noqa: E402
+from edge_runtime.core.stats import Stats  # noqa: E402
 from harness import free_port  # noqa: E402
 from tiny_model import make_random_model  # noqa: E402
 

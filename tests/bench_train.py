@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import (ANIMALS_TEST, ANIMALS_TRAIN, BACKBONE, bin_scene, photo, variant,  # noqa: E402
                         write)
 
-from edge_runtime.engine import Engine  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines.ort import Engine  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 from edge_runtime.teach import train as teach  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, daemon_env
-from edge_runtime.bench import KERNEL_FEATURES, make_video, video_info
+from edge_runtime.cli.bench import KERNEL_FEATURES, make_video, video_info
 
 
 def test_bench_writes_json_and_chart(tiny_model, video_file, tmp_path):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.collect import Writer
+from edge_runtime.teach.collect import Writer
 from harness import REPO, daemon_env, free_port, run_daemon
 
 FAKES = REPO / "tests" / "fakes"

@@ -21,11 +21,11 @@ import pytest
 from harness import wait_until
 
 from edge_runtime import config as config_mod
-from edge_runtime.regions import parse_region_flag
+from edge_runtime.watch.regions import parse_region_flag
 from edge_runtime.sinks import SinkContext
-from edge_runtime.sinks.http import HttpSink
+from edge_runtime.web.http import HttpSink
 from edge_runtime.sources import Frame
-from edge_runtime.stats import Stats
+from edge_runtime.core.stats import Stats
 
 W, H = 320, 240
 DOOR = parse_region_flag("door=0.5,0.2,0.4,0.5")          # 128x120 pixels at x 160, y 48

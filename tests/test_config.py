@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import run_daemon
 from edge_runtime import config
-from edge_runtime.errors import ConfigError
+from edge_runtime.util.errors import ConfigError
 
 
 def write(tmp_path, text: str):

@@ -313,7 +313,7 @@ def test_camera_rate_source_does_not_spin_cores(fixtures):
 
 
 def test_lanes_default_two_for_files_one_for_live(tiny_model, video_file):
-    from edge_runtime.plan import lane_count
+    from edge_runtime.core.plan import lane_count
     assert lane_count(0, live=False, threads=4) == 2 and lane_count(0, live=False, threads=1) == 1
     assert lane_count(0, live=True, threads=4) == 1 and lane_count(3, live=True, threads=4) == 3
     files = run_daemon("--source", video_file, "--model", tiny_model, "--threads", "2", "--max-frames", "5")

@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import run_daemon
-from edge_runtime.engine import Engine
-from edge_runtime.errors import ModelError
+from edge_runtime.engines.ort import Engine
+from edge_runtime.util.errors import ModelError
 from tiny_model import make_channel_model, make_random_model, strip_metadata
 
 
@@ -111,7 +111,7 @@ def test_description_order_metadata_then_sidecar_then_config(tmp_path):
 
 
 def test_onnxruntime_knobs_from_the_environment(monkeypatch, tiny_model):
-    from edge_runtime.engine import session_options
+    from edge_runtime.engines.ort import session_options
     monkeypatch.delenv("EDGE_ORT_SPINNING", raising=False)
     monkeypatch.delenv("EDGE_ORT_KLEIDIAI", raising=False)
     plain = session_options(2)

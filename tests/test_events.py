@@ -1,12 +1,12 @@
-"""Per-region state and events (edge_runtime/events.py): the debounce rule, table-tested."""
+"""Per-region state and events (edge_runtime/watch/events.py): the debounce rule, table-tested."""
 
 from __future__ import annotations
 
 import pytest
 
 from edge_runtime.config import PublishConfig
-from edge_runtime.events import RegionState
-from edge_runtime.regions import RegionConfig
+from edge_runtime.watch.events import RegionState
+from edge_runtime.watch.regions import RegionConfig
 from edge_runtime.sinks.mqtt import StateTracker
 
 NAN, INF = float("nan"), float("inf")

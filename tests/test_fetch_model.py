@@ -23,8 +23,8 @@ from pthfile import state_dict_pickle, write_pth
 onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 
-from edge_runtime import fetch  # noqa: E402
-from edge_runtime.model_spec import from_metadata  # noqa: E402
+from edge_runtime.modelzoo import fetch  # noqa: E402
+from edge_runtime.engines.spec import from_metadata  # noqa: E402
 from edge_runtime.modelzoo import mobilenetv3_arch as arch_tables  # noqa: E402
 from edge_runtime.modelzoo import mobilenetv3_onnx as builder  # noqa: E402
 from edge_runtime.modelzoo import pth  # noqa: E402

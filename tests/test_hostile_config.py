@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 from test_hostile_files import error_lines, run_measured
 from tiny_model import make_random_model
 
-from edge_runtime import config, model_spec
-from edge_runtime.errors import ConfigError, UserError
+from edge_runtime import config
+from edge_runtime.engines import spec as model_spec
+from edge_runtime.util.errors import ConfigError, UserError
 
 MAX_LINE = 400
 
@@ -299,7 +300,7 @@ def test_generated_json_at_the_metadata_loader(text):
 
 def test_error_messages_never_repr_a_whole_value():
     # The path the alias bomb took: every type of a union tried, each error repr()ing the value.
-    from edge_runtime import schema
+    from edge_runtime.util import schema
     big = [[str(i)] * 10 for i in range(200_000)]
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as err:

@@ -13,11 +13,11 @@ from harness import Daemon, free_port, wait_until
 from tiny_model import make_channel_model
 
 from edge_runtime import config as config_mod
-from edge_runtime.sinks import http as http_mod
+from edge_runtime.web import http as http_mod
 from edge_runtime.sinks import SinkContext
-from edge_runtime.sinks.http import HttpSink
+from edge_runtime.web.http import HttpSink
 from edge_runtime.sources import Frame
-from edge_runtime.stats import Stats
+from edge_runtime.core.stats import Stats
 
 HEALTH = {"healthy": True, "status": "ok", "reason": None, "source_connected": True, "last_frame_age_s": 0.01}
 

@@ -25,9 +25,9 @@ from onnx import helper, numpy_helper
 from harness import MOSQUITTO, Broker, Daemon, Subscriber, daemon_env, free_port, wait_until
 from tiny_model import make_channel_model
 
-from edge_runtime.ratelimit import RateLimited
-from edge_runtime.redact import LogSanitizer, display_uri, one_line, printable, redact
-from edge_runtime.sinks.base import OutputClosed, SinkContext
+from edge_runtime.util.ratelimit import RateLimited
+from edge_runtime.util.redact import LogSanitizer, display_uri, one_line, printable, redact
+from edge_runtime.core.sink import OutputClosed, SinkContext
 from edge_runtime.sinks.stdout import OutputError, StdoutSink
 
 STRICT = {"PYTHONIOENCODING": "utf-8:strict"}

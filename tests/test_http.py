@@ -23,12 +23,12 @@ import pytest
 from harness import CHROMIUM, Chromium, Daemon, Dom, free_port, get, wait_until
 
 from edge_runtime import config as config_mod
-from edge_runtime.errors import ConfigError, UserError
-from edge_runtime.sinks import http as http_mod
-from edge_runtime.sinks.http import HttpSink, parse_listen
+from edge_runtime.util.errors import ConfigError, UserError
+from edge_runtime.web import http as http_mod
+from edge_runtime.web.http import HttpSink, parse_listen
 from edge_runtime.sinks import SinkContext
 from edge_runtime.sources import Frame
-from edge_runtime.stats import Stats
+from edge_runtime.core.stats import Stats
 
 def parse_metrics(text: str) -> dict:
     """name -> family, through prometheus_client's parser, and through Prometheus' own promtool if installed."""
@@ -386,7 +386,7 @@ def test_healthz_goes_503_when_the_source_is_lost(tmp_path, channel_model):
 
 def test_pipeline_health_states():
     """health.assess(): every state /healthz can report."""
-    from edge_runtime.health import Observed, assess
+    from edge_runtime.core.health import Observed, assess
 
     now = time.perf_counter()
     cap = SimpleNamespace(connected=True, lost_since=None, lost_reason="")

@@ -22,12 +22,12 @@ from harness import MOSQUITTO, Broker, Daemon, Subscriber, free_port, needs_mosq
 paho = pytest.importorskip("paho.mqtt.client")
 
 from edge_runtime import config as config_mod  # noqa: E402
-from edge_runtime.errors import ConfigError, UserError  # noqa: E402
+from edge_runtime.util.errors import ConfigError, UserError  # noqa: E402
 from edge_runtime.sinks.mqtt import (MqttSink, StateTracker, default_prefix, discovery_configs,  # noqa: E402
                                      parse_url, redact)
 from edge_runtime.sinks import SinkContext  # noqa: E402
 from edge_runtime.sources import Frame  # noqa: E402
-from edge_runtime.stats import Stats  # noqa: E402
+from edge_runtime.core.stats import Stats  # noqa: E402
 
 @pytest.fixture
 def broker(tmp_path):

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from conftest import REPO, daemon_env
-from edge_runtime.notify import Notifier
+from edge_runtime.util.notify import Notifier
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_abstract_socket_address():
 
 def test_vanished_socket_never_raises(tmp_path, caplog):
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock"), "WATCHDOG_USEC": "1"})
-    with caplog.at_level("DEBUG", logger="edge_runtime.notify"):
+    with caplog.at_level("DEBUG", logger="edge_runtime.util.notify"):
         n.ready()
         n.status("x")
         n.watchdog()

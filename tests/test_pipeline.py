@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from edge_runtime.engine import Engine
-from edge_runtime.pipeline import Pipeline, PipelineOptions
+from edge_runtime.engines.ort import Engine
+from edge_runtime.core.pipeline import Pipeline, PipelineOptions
 from edge_runtime.sinks import OutputClosed, Sink
 from edge_runtime.sources import SourceOptions, open_source
 
@@ -105,7 +105,7 @@ def overlapping(intervals: list[tuple[str, float, float]]) -> int:
 
 def test_turns_let_one_lane_work_at_a_time_and_all_of_them_infer_together():
     """Turns: the work inside a turn never overlaps another thread's; the work inside released() does."""
-    from edge_runtime.pipeline import Turns
+    from edge_runtime.core.pipeline import Turns
 
     turns, lock = Turns(), threading.Lock()
     work: list[tuple[str, float, float]] = []

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.model_spec import InputSpec
-from edge_runtime.preprocess import FrameError, Preprocessor, crop_box
+from edge_runtime.engines.spec import InputSpec
+from edge_runtime.engines.preprocess import FrameError, Preprocessor, crop_box
 
 
 def reference(frame_bgr, spec: InputSpec) -> np.ndarray:

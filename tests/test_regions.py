@@ -1,4 +1,4 @@
-"""Regions (edge_runtime/regions.py): config rules, pixel crops, batches, and the proof on real
+"""Regions (edge_runtime/watch/regions.py): config rules, pixel crops, batches, and the proof on real
 pretrained models and real photos that a region is classified as if its crop were the frame."""
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import pytest
 from onnx import numpy_helper
 
 from edge_runtime import config as config_mod
-from edge_runtime import schema
-from edge_runtime.engine import Engine
-from edge_runtime.errors import ConfigError
-from edge_runtime.events import RegionState
-from edge_runtime.model_spec import InputSpec
-from edge_runtime.postprocess import Postprocessor
-from edge_runtime.preprocess import Preprocessor
-from edge_runtime.regions import (RegionConfig, RegionGroup, crop, crop_pixels, fill_batch,
-                                  group_by_model, parse_region_flag)
-from edge_runtime.snapshots import NAME_PATTERN, SnapshotWriter
+from edge_runtime.util import schema
+from edge_runtime.engines.ort import Engine
+from edge_runtime.util.errors import ConfigError
+from edge_runtime.watch.events import RegionState
+from edge_runtime.engines.spec import InputSpec
+from edge_runtime.engines.postprocess import Postprocessor
+from edge_runtime.engines.preprocess import Preprocessor
+from edge_runtime.watch.regions import (
+    RegionConfig, RegionGroup, crop, crop_pixels, fill_batch, group_by_model, parse_region_flag,
+)
+from edge_runtime.watch.snapshots import NAME_PATTERN, SnapshotWriter
 from edge_runtime.sources import SourceOptions, open_source
 
 # The fastest fixture model; on it these photos are `robust` (same top-1 under any interpolation, margin

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_runtime.model_spec import InputSpec, ModelSpec
-from edge_runtime.postprocess import NonFiniteOutput, Postprocessor
+from edge_runtime.engines.spec import InputSpec, ModelSpec
+from edge_runtime.engines.postprocess import NonFiniteOutput, Postprocessor
 
 
 def spec(output: str, scale: float | None = None, classes: int = 1000, offset: int = 0) -> ModelSpec:

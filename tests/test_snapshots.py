@@ -1,4 +1,4 @@
-"""Event snapshots (edge_runtime/snapshots.py): real JPEG files in a real folder, retention, a folder
+"""Event snapshots (edge_runtime/watch/snapshots.py): real JPEG files in a real folder, retention, a folder
 that cannot be written, and names that try to leave the folder."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime import schema
+from edge_runtime.util import schema
 from edge_runtime.config import Config
-from edge_runtime.errors import ConfigError
-from edge_runtime.regions import crop_pixels
-from edge_runtime.snapshots import NAME_PATTERN, SnapshotConfig, SnapshotWriter, file_name, label_slug
-from edge_runtime.stats import Stats
+from edge_runtime.util.errors import ConfigError
+from edge_runtime.watch.regions import crop_pixels
+from edge_runtime.watch.snapshots import NAME_PATTERN, SnapshotConfig, SnapshotWriter, file_name, label_slug
+from edge_runtime.core.stats import Stats
 
 REPO = Path(__file__).resolve().parents[1]
 WHEN = 1764684903.25      # 2025-12-02 14:15:03 UTC
@@ -134,7 +134,7 @@ def test_folder_that_is_a_file_fails_counted_and_warned_once(tmp_path, caplog):
     blocker.write_text("a file, not a folder")
     stats = Stats()
     writer = SnapshotWriter(blocker, stats=stats)
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.snapshots"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.watch.snapshots"):
         writer.start()          # no exception: classification must go on
         names = [writer.submit(frame(64, 48), "door", None, "open", WHEN + i) for i in range(3)]
         writer.close()
@@ -166,7 +166,7 @@ def test_immutable_folder_fails_counted(tmp_path):
 _FULL_DISK = r"""
 import json, logging, resource, signal, sys
 import numpy as np
-from edge_runtime.snapshots import SnapshotWriter
+from edge_runtime.watch.snapshots import SnapshotWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # writes past the limit fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -231,7 +231,7 @@ def test_file_name_is_utc():
 
 
 def test_counters_in_stats_and_metrics(tmp_path):
-    from edge_runtime.metrics import Metrics
+    from edge_runtime.core.metrics import Metrics
 
     stats = Stats()
     metrics = Metrics(stats)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, daemon_env, run_daemon, start_daemon
-from edge_runtime.errors import SourceError
-from edge_runtime.model_spec import InputSpec
-from edge_runtime.preprocess import Preprocessor
+from edge_runtime.util.errors import SourceError
+from edge_runtime.engines.spec import InputSpec
+from edge_runtime.engines.preprocess import Preprocessor
 from edge_runtime.sources import SourceLost, SourceOptions, camera_uri, open_source
 from edge_runtime.sources.folder import FolderSource
 from edge_runtime.sources.opencv import LiveCaptureSource, VideoFileSource

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_runtime.model_spec import InputSpec, ModelSpec  # noqa: E402
+from edge_runtime.engines.spec import InputSpec, ModelSpec  # noqa: E402
 
 
 def _input(name: str, size, layout: str, dtype: str, batch="N"):

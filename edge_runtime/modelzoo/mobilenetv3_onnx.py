@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .. import model_spec as ms
+from edge_runtime.engines import spec as ms
 from .mobilenetv3_arch import BN_EPS, Network
 
 INPUT_NAME = "input"

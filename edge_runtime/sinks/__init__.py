@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import OutputClosed, Sink, SinkContext
+from edge_runtime.core.sink import OutputClosed, Sink, SinkContext
 from .log import LogSink
 from .stdout import StdoutSink
 
@@ -24,7 +24,7 @@ def _log(cfg) -> Sink:
 def _http(cfg) -> Sink | None:
     if not cfg.http.listen:
         return None
-    from .http import HttpSink
+    from edge_runtime.web.http import HttpSink
     return HttpSink(cfg.http)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from ..stats import summary
-from .base import Sink
+from edge_runtime.core.stats import summary
+from edge_runtime.core.sink import Sink
 
 log = logging.getLogger("edge_runtime")
 

@@ -32,13 +32,13 @@ import time
 from collections import deque
 
 from .. import __version__
-from ..addresses import BrokerUrl, default_prefix, hostname, parse_broker_url, redact, topic_safe
-from ..jsonline import dumps
-from ..errors import UserError
-from ..events import RegionState
-from ..ratelimit import RateLimited
-from ..safeio import check_regular
-from .base import Sink
+from edge_runtime.util.addresses import BrokerUrl, default_prefix, hostname, parse_broker_url, redact, topic_safe
+from edge_runtime.util.jsonline import dumps
+from edge_runtime.util.errors import UserError
+from edge_runtime.watch.events import RegionState
+from edge_runtime.util.ratelimit import RateLimited
+from edge_runtime.util.safeio import check_regular
+from edge_runtime.core.sink import Sink
 
 log = logging.getLogger(__name__)
 

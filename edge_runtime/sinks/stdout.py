@@ -15,8 +15,8 @@ import threading
 from collections import deque
 from typing import IO
 
-from ..jsonline import dumps
-from .base import OutputClosed, Sink
+from edge_runtime.util.jsonline import dumps
+from edge_runtime.core.sink import OutputClosed, Sink
 
 log = logging.getLogger(__name__)
 

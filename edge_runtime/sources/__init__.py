@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
-from .. import safeio
-from ..errors import SourceError
+from edge_runtime.util import safeio
+from edge_runtime.util.errors import SourceError
 from .base import Frame, SkipFrame, Source, SourceLost
 from .folder import DEFAULT_MAX_PIXELS, FolderSource
 from .opencv import LiveCaptureSource, VideoFileSource, v4l2_device

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SourceError
-from ..redact import display_uri, printable
+from edge_runtime.util.errors import SourceError
+from edge_runtime.util.redact import display_uri, printable
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import safeio
-from ..errors import SourceError
+from edge_runtime.util import safeio
+from edge_runtime.util.errors import SourceError
 from .base import Frame, SkipFrame, Source
 from .imagesize import image_size
 

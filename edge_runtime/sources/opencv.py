@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 
-from ..errors import SourceError
+from edge_runtime.util.errors import SourceError
 from .base import Frame, Source, SourceLost
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from ..errors import SourceError
+from edge_runtime.util.errors import SourceError
 from .base import Frame, Source, SourceLost
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import time
 import cv2
 import numpy as np
 
-from ..errors import SourceError
+from edge_runtime.util.errors import SourceError
 from .base import Frame, Source
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
+from edge_runtime.util.errors import ModelError
 
 PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Softmax", "LogSoftmax",
                 "Transpose", "Dropout", "Cast"}

@@ -24,10 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import model_spec as ms
-from .. import safeio
-from ..collect import LABEL_PATTERN, UNLABELED
-from ..errors import EXIT_OK, ConfigError, ModelError, UserError
+from edge_runtime.engines import spec as ms
+from edge_runtime.util import safeio
+from edge_runtime.teach.collect import LABEL_PATTERN, UNLABELED
+from edge_runtime.util.errors import EXIT_OK, ConfigError, ModelError, UserError
 from . import features as feat
 from . import head as heads
 
@@ -194,8 +194,8 @@ def train(data: str | os.PathLike, backbone: str, output: str | os.PathLike, *,
     (TrainError, ModelError, ConfigError, Cancelled) with nothing written."""
     import onnxruntime as ort
 
-    from ..engine import ort_message, session_options
-    from ..preprocess import Preprocessor
+    from edge_runtime.engines.ort import ort_message, session_options
+    from edge_runtime.engines.preprocess import Preprocessor
 
     start = time.monotonic()
     out = Path(output)

@@ -18,8 +18,8 @@ pytest_plugins = ["models_testlib"]   # its fixtures
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 
 from models import distill  # noqa: E402
 from models.training import kd_loss, split_samples  # noqa: E402

@@ -23,8 +23,8 @@ pytest_plugins = ["models_testlib"]
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 
 from models import distill  # noqa: E402
 from models.imagefolder import class_folders  # noqa: E402
@@ -104,7 +104,7 @@ def parse_report(stdout: str) -> tuple[dict, list[str], list[list[int]]]:
 
 def test_report_is_the_held_out_split_through_the_exported_file(trained, dataset, onnx_metadata):
     out, stdout = trained
-    from edge_runtime.collect import UNLABELED
+    from edge_runtime.teach.collect import UNLABELED
 
     assert distill.UNLABELED == UNLABELED
     assert f"note: ignoring {dataset / 'unlabeled'} (4 images)" in stdout

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 
 from models import export, exporting  # noqa: E402
 from models.common import CheckFailed  # noqa: E402

@@ -20,9 +20,9 @@ pytest_plugins = ["models_testlib"]   # its fixtures
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_runtime import model_spec as ms  # noqa: E402
-from edge_runtime.engine import Engine  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines import spec as ms  # noqa: E402
+from edge_runtime.engines.ort import Engine  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 
 from models import quantize  # noqa: E402
 

@@ -23,12 +23,12 @@ onnx = pytest.importorskip("onnx")
 import cv2  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edge_runtime import fetch  # noqa: E402
-from edge_runtime.model_spec import from_metadata  # noqa: E402
+from edge_runtime.modelzoo import fetch  # noqa: E402
+from edge_runtime.engines.spec import from_metadata  # noqa: E402
 from edge_runtime.modelzoo import mobilenetv3_arch as arch_tables  # noqa: E402
 from edge_runtime.modelzoo import mobilenetv3_onnx as builder  # noqa: E402
 from edge_runtime.modelzoo import pth  # noqa: E402
-from edge_runtime.preprocess import Preprocessor  # noqa: E402
+from edge_runtime.engines.preprocess import Preprocessor  # noqa: E402
 from models import export  # noqa: E402
 
 TV = {"small": torchvision.models.mobilenet_v3_small, "large": torchvision.models.mobilenet_v3_large}

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ge
 from prometheus_client import exposition as exposition_mod
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import __version__, system
-from .stats import Stats
+from edge_runtime import __version__
+from edge_runtime.util import system
+from edge_runtime.core.stats import Stats
 
 # Inference on a Pi runs from a few ms (tiny nets) to a few hundred (big ones).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from . import schema
-from .errors import ConfigError
-from .schema import Invalid, field
+from edge_runtime.util import schema
+from edge_runtime.util.errors import ConfigError
+from edge_runtime.util.schema import Invalid, field
 
 NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
 # Boxes summed from decimal fractions (0.55 + 0.45) may exceed 1 by a rounding error; crop_pixels clamps.
@@ -151,7 +151,8 @@ def fill_batch(pre, image: np.ndarray, boxes: Sequence[Sequence[float]], tensor:
     `windows`: model_windows() for this image's size, if the caller keeps them.
     Returns tensor[:len(boxes)], ready for one Engine.run_batch.
     """
-    from .preprocess import as_bgr      # here, not at the top: config imports this module, cv2 costs 23 ms
+    # here, not at the top: config imports this module, cv2 costs 23 ms
+    from edge_runtime.engines.preprocess import as_bgr
 
     n = len(boxes)
     if n > len(tensor):
@@ -180,8 +181,8 @@ class RegionGroup:
     """
 
     def __init__(self, engine, regions: Sequence[RegionConfig], top_k: int = 5):
-        from .postprocess import Postprocessor
-        from .preprocess import Preprocessor, as_bgr
+        from edge_runtime.engines.postprocess import Postprocessor
+        from edge_runtime.engines.preprocess import Preprocessor, as_bgr
 
         if not regions:
             raise ValueError("a region group needs at least one region")

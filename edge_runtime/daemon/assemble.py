@@ -24,12 +24,12 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
     """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the sinks."""
     import cv2
 
-    from .notify import Notifier
-    from .pipeline import Pipeline, PipelineOptions
-    from .sinks import SinkContext, build_sinks
-    from .snapshots import SnapshotWriter
-    from .stats import Stats
-    from .watch import Watch
+    from edge_runtime.util.notify import Notifier
+    from edge_runtime.core.pipeline import Pipeline, PipelineOptions
+    from edge_runtime.sinks import SinkContext, build_sinks
+    from edge_runtime.watch.snapshots import SnapshotWriter
+    from edge_runtime.core.stats import Stats
+    from edge_runtime.watch.watcher import Watch
 
     # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
     # fight onnxruntime's threads for the same cores (measured: slower, not faster).
@@ -66,8 +66,8 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
 def lane_sessions(cfg, plan, engine, region_engines: dict):
     """Each lane's session and, with regions, its region groups (None without), every session warmed
     once, at the batch it will run: at start and on reload alike."""
-    from .plan import lane_engines
-    from .watch import lane_groups
+    from edge_runtime.core.plan import lane_engines
+    from edge_runtime.watch.watcher import lane_groups
 
     engines = lane_engines(engine, plan.lanes)
     for session in dict.fromkeys(engines):

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import safeio, schema
-from .errors import ConfigError
-from .schema import Invalid, all_of, at_most, between, field, greater_than, length, one_of
+from edge_runtime.util import safeio, schema
+from edge_runtime.util.errors import ConfigError
+from edge_runtime.util.schema import Invalid, all_of, at_most, between, field, greater_than, length, one_of
 
 # onnx metadata_props keys. The spec itself is one JSON document so it cannot drift apart.
 METADATA_SPEC_KEY = "edge_runtime.spec"
@@ -42,7 +42,7 @@ METADATA_INFO_PREFIX = "edge_runtime."  # e.g. edge_runtime.arch, edge_runtime.w
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_LABELS_FILE = Path(__file__).parent / "data" / "imagenet_labels.txt"
+DEFAULT_LABELS_FILE = Path(__file__).resolve().parents[1] / "data" / "imagenet_labels.txt"
 
 
 def _positive_std(value):

@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-from .model_spec import ModelSpec
-from .ratelimit import RateLimited
-from .redact import printable
+from edge_runtime.engines.spec import ModelSpec
+from edge_runtime.util.ratelimit import RateLimited
+from edge_runtime.util.redact import printable
 
 log = logging.getLogger(__name__)
 _refusals = RateLimited(60.0)

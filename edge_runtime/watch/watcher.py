@@ -14,11 +14,11 @@ import logging
 import threading
 from typing import Mapping, Sequence
 
-from .events import FRAME_REGION, RegionState
-from .plan import lane_engines
-from .regions import RegionConfig, RegionGroup, group_by_model
-from .snapshots import SnapshotWriter
-from .sources import Frame
+from edge_runtime.watch.events import FRAME_REGION, RegionState
+from edge_runtime.core.plan import lane_engines
+from edge_runtime.watch.regions import RegionConfig, RegionGroup, group_by_model
+from edge_runtime.watch.snapshots import SnapshotWriter
+from edge_runtime.sources import Frame
 
 log = logging.getLogger(__name__)
 

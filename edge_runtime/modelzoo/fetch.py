@@ -21,9 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .config import DEFAULT_MODEL
-from .errors import EXIT_OK, UserError
+from edge_runtime import __version__
+from edge_runtime.config import DEFAULT_MODEL
+from edge_runtime.util.errors import EXIT_OK, UserError
 
 DOWNLOAD_TIMEOUT_S = 60         # per blocking socket operation, not for the whole file
 MAX_DOWNLOAD_BYTES = 256 << 20  # a --from URL of unknown size
@@ -36,7 +36,7 @@ class FetchError(UserError):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from .modelzoo.mobilenetv3_arch import IMAGENET_WEIGHTS
+    from edge_runtime.modelzoo.mobilenetv3_arch import IMAGENET_WEIGHTS
 
     small = IMAGENET_WEIGHTS["mobilenet_v3_small"]
     p = argparse.ArgumentParser(
@@ -122,8 +122,8 @@ def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None 
 
 
 def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...] | None:
-    from . import model_spec as ms
-    from .errors import ConfigError
+    from edge_runtime.engines import spec as ms
+    from edge_runtime.util.errors import ConfigError
 
     if path is not None:
         try:
@@ -145,9 +145,9 @@ def make_model(args: argparse.Namespace, workdir: Path):
     """(ONNX ModelProto, one-line description of the weights, whether the classes have no names)."""
     import numpy as np
 
-    from .modelzoo import mobilenetv3_arch as arch_tables
-    from .modelzoo import mobilenetv3_onnx as builder
-    from .modelzoo import pth
+    from edge_runtime.modelzoo import mobilenetv3_arch as arch_tables
+    from edge_runtime.modelzoo import mobilenetv3_onnx as builder
+    from edge_runtime.modelzoo import pth
 
     arch = arch_tables.arch_name(args.arch)
     pinned = arch_tables.IMAGENET_WEIGHTS[arch]
@@ -214,7 +214,7 @@ def verify(model, path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    from .modelzoo.mobilenetv3_onnx import INPUT_NAME, synthetic_images
+    from edge_runtime.modelzoo.mobilenetv3_onnx import INPUT_NAME, synthetic_images
 
     onnx.checker.check_model(model, full_check=True)
     opts = ort.SessionOptions()

@@ -31,18 +31,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from . import health
-from .capture import CaptureThread, FrameFeed, Handoff, InlineReader, warn_skipped
-from .engine import Engine
-from .notify import Notifier
-from .postprocess import NonFiniteOutput, Postprocessor, refuse, region_refused
-from .preprocess import FrameError, Preprocessor
-from .publisher import Publisher, Result
-from .regions import RegionGroup
-from .sinks import OutputClosed, Sink
-from .sources import Frame, Source
-from .stats import Stats
-from .watch import Watch
+from edge_runtime.core import health
+from edge_runtime.core.capture import CaptureThread, FrameFeed, Handoff, InlineReader, warn_skipped
+from edge_runtime.engines.ort import Engine
+from edge_runtime.util.notify import Notifier
+from edge_runtime.engines.postprocess import NonFiniteOutput, Postprocessor, refuse, region_refused
+from edge_runtime.engines.preprocess import FrameError, Preprocessor
+from edge_runtime.core.publisher import Publisher, Result
+from edge_runtime.watch.regions import RegionGroup
+from edge_runtime.sinks import OutputClosed, Sink
+from edge_runtime.sources import Frame, Source
+from edge_runtime.core.stats import Stats
+from edge_runtime.watch.watcher import Watch
 
 log = logging.getLogger(__name__)
 

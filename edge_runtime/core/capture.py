@@ -21,10 +21,10 @@ import time
 from collections import deque
 from typing import Callable, Protocol
 
-from .errors import UserError
-from .ratelimit import RateLimited
-from .sources import Frame, SkipFrame, Source, SourceLost
-from .stats import Stats
+from edge_runtime.util.errors import UserError
+from edge_runtime.util.ratelimit import RateLimited
+from edge_runtime.sources import Frame, SkipFrame, Source, SourceLost
+from edge_runtime.core.stats import Stats
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..sources import Frame
-from ..stats import Stats
+from edge_runtime.sources import Frame
+from edge_runtime.core.stats import Stats
 
 
 class OutputClosed(Exception):

@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from . import system
+from edge_runtime.util import system
 
 WINDOW = 2048   # latency samples kept for percentiles (about a minute at 30 fps)
 

@@ -22,8 +22,8 @@ import logging
 import threading
 from typing import Callable
 
-from . import schema
-from .errors import UserError
+from edge_runtime.util import schema
+from edge_runtime.util.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class Reloader:
 
     def reload(self) -> bool:
         """One reload; True when it took effect."""
-        from .daemon import lane_sessions, show_model
-        from .plan import load_model, load_region_models
+        from edge_runtime.daemon.assemble import lane_sessions, show_model
+        from edge_runtime.core.plan import load_model, load_region_models
 
         self.notifier.reloading()
         log.info("reload: reading the config and the model again")

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from . import model_spec as ms
-from . import safeio
-from .errors import ConfigError, ModelError, first_line
+from edge_runtime.engines import spec as ms
+from edge_runtime.util import safeio
+from edge_runtime.util.errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 

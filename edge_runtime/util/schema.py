@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Callable
 
-from .errors import ConfigError
+from edge_runtime.util.errors import ConfigError
 
 
 def field(default: Any = dataclasses.MISSING, *, check: Callable[[Any], str | None] | None = None,

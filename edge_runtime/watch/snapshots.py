@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .ratelimit import RateLimited
-from .schema import between, field
+from edge_runtime.util.ratelimit import RateLimited
+from edge_runtime.util.schema import between, field
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,8 @@ class SnapshotWriter:
     def _write(self, job: _Job) -> None:
         import cv2
 
-        from .preprocess import as_bgr
-        from .regions import crop_pixels
+        from edge_runtime.engines.preprocess import as_bgr
+        from edge_runtime.watch.regions import crop_pixels
 
         image = as_bgr(job.image)        # our own copy (submit), so drawing on it is fine
         height, width = image.shape[:2]

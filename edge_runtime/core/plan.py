@@ -19,11 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import AUTO_BATCH
-from .engine import Engine
-from .errors import ModelError, UserError
-from .redact import display_uri
-from .sources import Source, SourceOptions, camera_uri, open_source
+from edge_runtime.config import AUTO_BATCH
+from edge_runtime.engines.ort import Engine
+from edge_runtime.util.errors import ModelError, UserError
+from edge_runtime.util.redact import display_uri
+from edge_runtime.sources import Source, SourceOptions, camera_uri, open_source
 
 log = logging.getLogger(__name__)
 

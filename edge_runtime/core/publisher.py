@@ -13,11 +13,11 @@ import threading
 import time
 from typing import Sequence
 
-from .events import FRAME_REGION
-from .notify import Notifier
-from .sinks import Sink
-from .sources import Frame
-from .stats import Stats
+from edge_runtime.watch.events import FRAME_REGION
+from edge_runtime.util.notify import Notifier
+from edge_runtime.sinks import Sink
+from edge_runtime.sources import Frame
+from edge_runtime.core.stats import Stats
 
 # (frame, top-k list, preprocess ms, inference ms of its session.run, frames in that run) of a usable
 # frame; None for a refused one. With regions, the top-k is a dict: region name -> top-k list (one

@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import __version__
-from . import config as config_mod
-from .config import DEFAULT_MODEL
-from .engine import Engine
-from .plan import RunPlan, lane_engines, load_model, plan_run
+from edge_runtime import __version__
+from edge_runtime import config as config_mod
+from edge_runtime.config import DEFAULT_MODEL
+from edge_runtime.engines.ort import Engine
+from edge_runtime.core.plan import RunPlan, lane_engines, load_model, plan_run
 
 
 # CPU features that change onnxruntime's kernels, and so the numbers: INT8 dot products (VNNI on x86,
@@ -135,10 +135,10 @@ def ceiling(stage_ms: dict, lanes_fps: float, inference_cores: int, cores: int, 
 
 def stages(model: str, threads: int, width: int, height: int, video: Path, seconds: float) -> dict:
     """Each stage alone, on the same frames the pipeline sees."""
-    from .postprocess import Postprocessor
-    from .preprocess import Preprocessor
-    from .jsonline import dumps
-    from .sources import SourceOptions, open_source
+    from edge_runtime.engines.postprocess import Postprocessor
+    from edge_runtime.engines.preprocess import Preprocessor
+    from edge_runtime.util.jsonline import dumps
+    from edge_runtime.sources import SourceOptions, open_source
 
     engine = Engine(model, threads)
     engine.warm_up(10)
@@ -176,7 +176,7 @@ def stages(model: str, threads: int, width: int, height: int, video: Path, secon
 
 def make_video(path: Path, width: int, height: int, frames: int = 300) -> Path:
     """A 640x480 MJPEG clip with motion, written with OpenCV (what a user's recording would be)."""
-    from .sources.synthetic import SyntheticSource
+    from edge_runtime.sources.synthetic import SyntheticSource
     src = SyntheticSource("synthetic://", width, height, None)
     src.open()
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (width, height))

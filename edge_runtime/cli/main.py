@@ -10,10 +10,10 @@ import sys
 import threading
 import time
 
-from . import __version__
-from . import config as config_mod
-from .errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
-from .redact import one_line, sanitise_logging
+from edge_runtime import __version__
+from edge_runtime import config as config_mod
+from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line
+from edge_runtime.util.redact import one_line, sanitise_logging
 
 log = logging.getLogger("edge_runtime")
 
@@ -98,8 +98,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def region_flags(texts: list[str]) -> list[dict]:
     """`--region` values as config entries; ConfigError (command line, --region) for a bad or repeated one."""
-    from .errors import ConfigError
-    from .regions import parse_region_flag
+    from edge_runtime.util.errors import ConfigError
+    from edge_runtime.watch.regions import parse_region_flag
 
     regions = [parse_region_flag(text) for text in texts]
     names = [r.name for r in regions]
@@ -145,9 +145,9 @@ def install_signal_handlers() -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from .plan import load_model, load_region_models, plan_run, source_uri
+    from edge_runtime.core.plan import load_model, load_region_models, plan_run, source_uri
 
-    from .reload import Reloader
+    from edge_runtime.daemon.reload import Reloader
 
     started = time.perf_counter()
     flag_names = {key: flag for key, flag in FLAG_KEYS.values()}
@@ -164,7 +164,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         regions = f"; {len(cfg.regions)} region(s)" if cfg.regions else ""
         print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}{regions}")
         return EXIT_OK
-    from .daemon import assemble
+    from edge_runtime.daemon.assemble import assemble
 
     pipeline, sinks = assemble(cfg, plan, engine, region_engines, stop=STOP)
     del engine, region_engines      # the lanes hold them: a reload must be able to let them go
@@ -199,16 +199,16 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "collect":
-        from .collect import main as collect_main
+        from edge_runtime.teach.collect import main as collect_main
         return collect_main(argv[1:])
     if argv and argv[0] == "bench":
-        from .bench import main as bench_main
+        from edge_runtime.cli.bench import main as bench_main
         return bench_main(argv[1:])
     if argv and argv[0] == "fetch-model":
-        from .fetch import main as fetch_main
+        from edge_runtime.modelzoo.fetch import main as fetch_main
         return fetch_main(argv[1:])
     if argv and argv[0] == "train":
-        from .teach.train import main as train_main
+        from edge_runtime.teach.train import main as train_main
         return train_main(argv[1:])
     install_signal_handlers()
     args = build_parser().parse_args(argv)

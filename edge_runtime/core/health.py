@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import first_line
+from edge_runtime.util.errors import first_line
 
 
 @dataclass(frozen=True)

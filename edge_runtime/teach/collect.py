@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .argtypes import positive_int
-from .errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
-from .redact import redact, sanitise_logging
+from edge_runtime.util.argtypes import positive_int
+from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
+from edge_runtime.util.redact import redact, sanitise_logging
 
-log = logging.getLogger("edge_runtime.collect")
+log = logging.getLogger("edge_runtime.teach.collect")
 
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 UNLABELED = "unlabeled"
@@ -102,7 +102,7 @@ def pick_region(cfg, text: str | None, config_file: str | None):
     """The RegionConfig that --region names (or defines inline), or None for whole frames."""
     if text is None:
         return None
-    from .regions import parse_region_flag
+    from edge_runtime.watch.regions import parse_region_flag
 
     if "=" in text:
         return parse_region_flag(text)
@@ -285,7 +285,7 @@ class Collector:
 
     def offer(self, frame) -> bool:
         """Consider one frame; True once --count images are saved."""
-        from .regions import crop
+        from edge_runtime.watch.regions import crop
 
         if not self.due(self.frame_time(frame)):
             return False
@@ -304,7 +304,7 @@ class Collector:
 
     def run(self) -> str:
         """Until --count, the end of the source or a stop; returns why it stopped. open() first."""
-        from .sources import SkipFrame, SourceLost
+        from edge_runtime.sources import SkipFrame, SourceLost
 
         lost = 0
         try:
@@ -335,7 +335,7 @@ class Collector:
             self.source.close()
 
     def open(self) -> None:
-        from .sources import SourceLost
+        from edge_runtime.sources import SourceLost
 
         try:
             self.source.open()
@@ -348,7 +348,7 @@ class Collector:
 def make_source(cfg, uri: str):
     """The source as the daemon makes it from this config, but never looped or paced: collect reads a
     file once, as fast as it decodes, and times it by the file's own clock."""
-    from .sources import SourceOptions, open_source
+    from edge_runtime.sources import SourceOptions, open_source
 
     options = SourceOptions(loop=False, realtime=False, width=cfg.capture.width, height=cfg.capture.height,
                             fps=cfg.capture.fps, timeout_s=cfg.capture.timeout)
@@ -376,8 +376,8 @@ def output_folder(out: str, label: str) -> bool:
 
 
 def collect(args: argparse.Namespace, stop) -> int:
-    from . import config as config_mod
-    from .plan import source_uri
+    from edge_runtime import config as config_mod
+    from edge_runtime.core.plan import source_uri
 
     label = UNLABELED if args.unlabeled else check_label(args.label)
     overrides = {k: v for k, v in (("source", args.source), ("camera", args.camera)) if v is not None}

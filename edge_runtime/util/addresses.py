@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .redact import redact
+from edge_runtime.util.redact import redact
 
 __all__ = ["hostname", "topic_safe", "default_prefix", "redact", "BrokerUrl", "parse_broker_url", "parse_listen"]
 

@@ -39,11 +39,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import system
-from ..addresses import hostname, parse_listen, redact
-from ..jsonline import dumps
-from ..errors import UserError
-from .base import Sink, SinkContext
+from edge_runtime.util import system
+from edge_runtime.util.addresses import hostname, parse_listen, redact
+from edge_runtime.util.jsonline import dumps
+from edge_runtime.util.errors import UserError
+from edge_runtime.core.sink import Sink, SinkContext
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ class HttpSink(Sink):
 
     def start(self, context: SinkContext) -> "HttpSink":
         """Bind, serve in a thread of its own. The context gives health and model info."""
-        from ..metrics import Metrics
+        from edge_runtime.core.metrics import Metrics
 
         super().start(context)
         self.stats_obj = context.stats
@@ -562,9 +562,9 @@ class HttpSink(Sink):
     def collect_request(self, query: str, headers) -> tuple[int, dict]:
         """(status, JSON) for POST /collect?label=L[&region=R]: the latest frame, or region R's crop at the
         source's resolution, saved as `collect` saves it (its label check, its writer) in collect_dir/L/."""
-        from .. import collect
-        from ..errors import ConfigError
-        from ..regions import crop
+        from edge_runtime.teach import collect
+        from edge_runtime.util.errors import ConfigError
+        from edge_runtime.watch.regions import crop
 
         if not same_origin(headers):
             return 403, {"error": "cross-site request refused: its Origin (or Referer) is not this page"}
