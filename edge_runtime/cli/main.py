@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m edge_runtime",
         description="Classify camera frames with an ONNX model; JSON lines on stdout, logs on stderr.",
         epilog="Other commands: `python -m edge_runtime fetch-model --help` (MobileNetV3 ImageNet weights, no "
-               "PyTorch needed), `collect --help` (pictures for your own classes), `bench --help`. Exit codes: 0 done, "
+               "PyTorch needed), `collect --help` (pictures for your own classes), "
+               "`train --help` (teach them on the board), "
+               "`bench --help`. Exit codes: 0 done, "
                "2 usage/config/model error, 1 unexpected.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--source", metavar="URI",
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "fetch-model":
         from edge_runtime.modelzoo.fetch import main as fetch_main
         return fetch_main(argv[1:])
+    if argv and argv[0] == "train":
+        from edge_runtime.teach.train import main as train_main
+        return train_main(argv[1:])
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info")
