@@ -13,7 +13,7 @@ import time
 import pytest
 
 from edge_runtime import config as config_mod
-from edge_runtime.daemon.assemble import assemble as daemon_mod
+from edge_runtime.daemon import assemble as daemon_mod
 from edge_runtime.core import plan as plan_mod
 from edge_runtime.util.notify import Notifier
 from edge_runtime.daemon.reload import Reloader
@@ -117,7 +117,7 @@ def test_a_sink_failing_to_take_the_new_model_is_counted_and_the_new_model_serve
 @pytest.mark.parametrize("step", ["load_model", "load_region_models"])
 def test_at_start_an_unexpected_failure_preparing_models_is_one_line_and_exit_2(tmp_path, step, monkeypatch,
                                                                                 capfd):
-    from edge_runtime.cli.main import main as cli
+    from edge_runtime.cli import main as cli
 
     make_random_model(tmp_path / "model.onnx", size=(64, 64), resize=None)
     monkeypatch.setattr(plan_mod, step, lambda *a: (_ for _ in ()).throw(RuntimeError("onnxruntime: bad")))
