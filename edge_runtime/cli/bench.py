@@ -26,7 +26,8 @@ from edge_runtime import __version__
 from edge_runtime import config as config_mod
 from edge_runtime.config import DEFAULT_MODEL
 from edge_runtime.engines.ort import Engine
-from edge_runtime.core.plan import RunPlan, lane_engines, load_model, plan_run
+from edge_runtime.core.plan import RunPlan, load_model, plan_run
+from edge_runtime.engines.lanes import lane_engines
 
 
 # CPU features that change onnxruntime's kernels, and so the numbers: INT8 dot products (VNNI on x86,
@@ -377,7 +378,7 @@ def default_model() -> str:
     editable install run from elsewhere: `bench` then works from any folder)."""
     if Path(DEFAULT_MODEL).exists():
         return DEFAULT_MODEL
-    repo_copy = Path(__file__).resolve().parents[1] / DEFAULT_MODEL
+    repo_copy = Path(__file__).resolve().parents[2] / DEFAULT_MODEL
     return str(repo_copy) if repo_copy.exists() else DEFAULT_MODEL
 
 

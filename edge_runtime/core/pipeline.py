@@ -39,7 +39,7 @@ from edge_runtime.engines.postprocess import NonFiniteOutput, Postprocessor, ref
 from edge_runtime.engines.preprocess import FrameError, Preprocessor
 from edge_runtime.core.publisher import Publisher, Result
 from edge_runtime.watch.regions import RegionGroup
-from edge_runtime.sinks import OutputClosed, Sink
+from edge_runtime.core.sink import OutputClosed, Sink
 from edge_runtime.sources import Frame, Source
 from edge_runtime.core.stats import Stats
 from edge_runtime.watch.watcher import Watch

@@ -122,14 +122,6 @@ def lane_count(configured: int, live: bool, threads: int) -> int:
     return 1 if live or threads < 2 else 2
 
 
-def lane_engines(engine: Engine, lanes: int) -> list[Engine]:
-    """The engine of each lane: one-thread lanes share `engine`'s session; lanes of several threads get
-    a session each (a shared thread pool would serialise their parallel sections)."""
-    if engine.threads == 1:
-        return [engine] * lanes
-    return [engine] + [engine.sibling(engine.threads) for _ in range(lanes - 1)]
-
-
 def batch_size(configured: int, paced: bool, engine: Engine | None = None) -> int:
     """Frames per session.run. A live or paced source: 1, a frame is classified as soon as it is the
     newest, never held back to fill a batch. Files, folders, unthrottled synthetic: auto (0) is

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from edge_runtime.watch.events import FRAME_REGION
 from edge_runtime.util.notify import Notifier
-from edge_runtime.sinks import Sink
+from edge_runtime.core.sink import Sink
 from edge_runtime.sources import Frame
 from edge_runtime.core.stats import Stats
 

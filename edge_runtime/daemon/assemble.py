@@ -69,7 +69,7 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
 def lane_sessions(cfg, plan, engine, region_engines: dict):
     """Each lane's session and, with regions, its region groups (None without), every session warmed
     once, at the batch it will run: at start and on reload alike."""
-    from edge_runtime.core.plan import lane_engines
+    from edge_runtime.engines.lanes import lane_engines
     from edge_runtime.watch.watcher import lane_groups
 
     engines = lane_engines(engine, plan.lanes)

@@ -15,7 +15,7 @@ import threading
 from typing import Mapping, Sequence
 
 from edge_runtime.watch.events import FRAME_REGION, RegionState
-from edge_runtime.core.plan import lane_engines
+from edge_runtime.engines.lanes import lane_engines
 from edge_runtime.watch.regions import RegionConfig, RegionGroup, group_by_model
 from edge_runtime.watch.snapshots import SnapshotWriter
 from edge_runtime.sources import Frame
