@@ -130,3 +130,19 @@ def test_the_walker_sees_imports_inside_functions_and_relative_ones(tmp_path):
                    "    import edge_runtime.util.errors\n")
     known = {"edge_runtime.sinks.log", "edge_runtime.config", "edge_runtime.util.errors"}
     assert imports_of("edge_runtime.sinks.x", src, known) == known
+
+
+def test_every_command_in_the_table_has_a_main_and_help():
+    """cli/main.py's COMMANDS: each module's main answers --help with exit 0, and the daemon's --help
+    names it."""
+    import importlib
+
+    from edge_runtime.cli.main import COMMANDS, build_parser
+
+    epilog = build_parser().format_help()
+    for name, (module_name, _what) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        with pytest.raises(SystemExit) as done:
+            module.main(["--help"])
+        assert done.value.code == 0
+        assert f"{name} --help" in epilog.replace("\n", " ")

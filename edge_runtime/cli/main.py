@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -30,15 +31,22 @@ FLAG_KEYS = {
 }
 
 
+# The subcommands: name -> (module with main(argv) -> exit code, what it is for).
+# A command lives with its part (teach/, modelzoo/); adding one is one module and one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch-model": ("edge_runtime.modelzoo.fetch", "MobileNetV3 ImageNet weights, no PyTorch needed"),
+    "collect": ("edge_runtime.teach.collect", "pictures for your own classes"),
+    "train": ("edge_runtime.teach.train", "teach them on the board"),
+    "bench": ("edge_runtime.cli.bench", "the daemon's speed against a bare session.run"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m edge_runtime",
         description="Classify camera frames with an ONNX model; JSON lines on stdout, logs on stderr.",
-        epilog="Other commands: `python -m edge_runtime fetch-model --help` (MobileNetV3 ImageNet weights, no "
-               "PyTorch needed), `collect --help` (pictures for your own classes), "
-               "`train --help` (teach them on the board), "
-               "`bench --help`. Exit codes: 0 done, "
-               "2 usage/config/model error, 1 unexpected.")
+        epilog="Other commands: " + ", ".join(f"`{name} --help` ({what})" for name, (_, what) in COMMANDS.items())
+               + ". Exit codes: 0 done, 2 usage/config/model error, 1 unexpected.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--source", metavar="URI",
                      help="csi://N, /dev/videoN, v4l2:///dev/videoN, a video file or file://..., an image "
@@ -200,18 +208,10 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "collect":
-        from edge_runtime.teach.collect import main as collect_main
-        return collect_main(argv[1:])
-    if argv and argv[0] == "bench":
-        from edge_runtime.cli.bench import main as bench_main
-        return bench_main(argv[1:])
-    if argv and argv[0] == "fetch-model":
-        from edge_runtime.modelzoo.fetch import main as fetch_main
-        return fetch_main(argv[1:])
-    if argv and argv[0] == "train":
-        from edge_runtime.teach.train import main as train_main
-        return train_main(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        # Imported only when asked for: the daemon's own start never pays for a command's imports.
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return module.main(argv[1:])
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info")
