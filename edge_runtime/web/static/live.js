@@ -89,12 +89,12 @@ function renderStats(s) {
   drawChart(now);
 }
 
-// A scale of 4 equal steps of 1, 2, 2.5 or 5 times a power of ten that holds `max`: both y axes share
+// A scale of 4 equal steps (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten) that holds `max`: both y axes share
 // the chart's 4 grid lines.
 function niceScale(max) {
   const raw = (max > 0 && isFinite(max) ? max : 1) / 4;
   const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((v) => v >= raw * (1 - 1e-9));
+  const step = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * mag).find((v) => v >= raw * (1 - 1e-9));
   const digits = Number.isInteger(step) ? 0 : Math.min(3, (String(+step.toPrecision(3)).split(".")[1] || "").length);
   return {top: step * 4, step: step, digits: digits};
 }
@@ -140,7 +140,7 @@ function drawChart(now) {
                   [2, css.getPropertyValue("--amber").trim(), "latmax", "yms"]];
   for (const [k, colour, maxId, axisId] of series) {
     const values = points.map((p) => p[k]).filter((v) => v !== null && isFinite(v));
-    const scale = niceScale(values.length ? Math.max(...values) : 0);
+    const scale = niceScale(values.length ? Math.max(...values) * 1.1 : 0);     // headroom: no line on the top edge
     axis(axisId, scale);
     $(maxId).textContent = values.length ? "(max " + num(Math.max(...values), 1) + ")" : "";
     ctx.strokeStyle = colour;
@@ -157,6 +157,12 @@ function drawChart(now) {
   }
 }
 
+// A box that starts where an earlier one does (one inside the other) has its tag at its foot.
+function tagBelow(list, i) {
+  const b = list[i].box;
+  return list.slice(0, i).some((o) => Math.abs(o.box[0] - b[0]) < 0.05 && Math.abs(o.box[1] - b[1]) < 0.05);
+}
+
 function place(div, box) {
   div.style.left = (box[0] * 100) + "%";
   div.style.top = (box[1] * 100) + "%";
@@ -167,8 +173,8 @@ function place(div, box) {
 // Each watched region's box over the picture (fractions of the frame), with its state and last top-1.
 function renderRegions(regions) {
   regionsNow = regions || [];
-  const boxes = regionsNow.map((r) => {
-    const div = el("div", "region" + (r.state ? " known" : ""));
+  const boxes = regionsNow.map((r, i) => {
+    const div = el("div", "region" + (r.state ? " known" : "") + (tagBelow(regionsNow, i) ? " below" : ""));
     div.dataset.region = r.name;
     place(div, r.box);
     const now = r.label === null ? "" : " · now " + r.label + " " + num(r.score * 100, 0) + "%";
@@ -312,10 +318,12 @@ function renderOutput() {
   // Names are quoted: a name such as `no`, `null` or `123` would otherwise be read as something else.
   $("yaml").value = problem ? "" : "regions:\n" + drafts.map((d) =>
     "  - name: " + JSON.stringify(d.name) + "\n    box: [" + d.box.map(fmt).join(", ") + "]").join("\n") + "\n";
+  $("yaml").rows = Math.max(3, $("yaml").value.split("\n").length);
   $("flags").value = problem ? "" : drafts.map((d) =>
     "--region" + (d.name.startsWith("-") ? "=" : " ") + d.name + "=" + d.box.map(fmt).join(",")).join(" ");
-  const boxes = drafts.concat(drag ? [{name: drag.name, box: drag.box}] : []).map((d) => {
-    const div = el("div", "draftbox");
+  const all = drafts.concat(drag ? [{name: drag.name, box: drag.box}] : []);
+  const boxes = all.map((d, i) => {
+    const div = el("div", "draftbox" + (tagBelow(all, i) ? " below" : ""));
     place(div, d.box);
     div.append(el("span", "", d.name));
     return div;
@@ -348,6 +356,7 @@ function setEditing(on) {
   $("editor").hidden = !on;
   $("draw").hidden = !on;
   $("drafts").hidden = !on;
+  $("boxes").hidden = on;            // the drafts stand for the configured boxes while editing
   if (on) { drafts = regionsNow.map((r) => ({name: r.name, box: r.box.map(round3)})); renderDrafts(); }
 }
 
