@@ -347,12 +347,14 @@ def test_the_region_editor_gives_a_valid_config_and_flags(three, tmp_path):
 # --- phone width --------------------------------------------------------------------------------
 
 OVERFLOW = """JSON.stringify({width: document.documentElement.scrollWidth, inner: window.innerWidth,
+  client: document.documentElement.clientWidth,
   groups: [...document.querySelectorAll('#labels .group')].map((g) => {
     const card = g.closest('.card').getBoundingClientRect(), state = g.querySelector('.state').getBoundingClientRect();
     return {name: g.dataset.region, text: g.querySelector('.state').textContent, left: state.left, right: state.right,
             width: state.width, cardLeft: card.left, cardRight: card.right}; }),
-  wide: [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5
-).map((e) => e.tagName + '#' + e.id + '.' + e.className)})"""
+  wide: [...document.querySelectorAll('body *')]
+    .filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)
+    .map((e) => e.tagName + '#' + e.id + '.' + e.className)})"""
 
 
 def fits(browser: Chromium, session: str, names: list[str]) -> dict | None:
@@ -363,7 +365,8 @@ def fits(browser: Chromium, session: str, names: list[str]) -> dict | None:
 
 
 def assert_fits(v: dict) -> None:
-    assert v["inner"] == 360 and v["width"] <= 360, v           # no sideways scrolling
+    # No sideways scrolling: nothing wider than the page's width within the window (360 px, less a scrollbar).
+    assert v["inner"] == 360 and v["width"] <= v["client"] <= 360, v
     assert v["wide"] == [], v
     for g in v["groups"]:           # the state is on its card, visible, however long the label
         assert g["cardLeft"] <= g["left"] and g["right"] <= g["cardRight"] and g["width"] >= 30, g
@@ -401,5 +404,7 @@ def test_phone_width_with_the_real_daemon(three, tmp_path):
     try:
         session = browser.open(base + "/", 360, 740)
         assert_fits(wait_until(lambda: fits(browser, session, NAMES), 30, "the regions at phone width", interval=0.25))
+        (tmp_path / "phone.png").write_bytes(base64.b64decode(browser.call(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)["data"]))
     finally:
         browser.close()
