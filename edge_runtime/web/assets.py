@@ -14,7 +14,10 @@ path ever reaches the file system.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -36,4 +39,9 @@ def route(path: str) -> tuple[int, bytes, str, dict] | None:
     name = ROUTES.get(path)
     if name is None:
         return None
-    return 200, _read(name), TYPES[Path(name).suffix], HEADERS
+    try:
+        body = _read(name)
+    except OSError as exc:          # a broken install: say so (an OSError in a handler reads as a gone client)
+        log.error("http: the page's file %s cannot be read: %s", STATIC / name, exc.strerror or exc)
+        return 500, f"the page's file {name} is missing from the installation\n".encode(), "text/plain", {}
+    return 200, body, TYPES[Path(name).suffix], HEADERS

@@ -1,6 +1,7 @@
 """HTTP: Prometheus metrics, health, the latest prediction and frame, and a live view page.
 
   GET /              the live view (web/static/: live.html, live.css, live.js; assets.py, with a strict CSP)
+  GET /static/F      the page's CSS and JS (assets.ROUTES: those files only)
   GET /metrics       Prometheus exposition (metrics.py)
   GET /healthz       200 while frames flow; 503 + JSON reason when the source is lost, frames stop or
                      the pipeline failed (Pipeline.health())
