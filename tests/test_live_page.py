@@ -92,6 +92,21 @@ def test_the_page_is_static_files_under_a_strict_csp():
         sink.close()
 
 
+def test_a_missing_page_file_is_a_500_naming_it(tmp_path, monkeypatch, caplog):
+    from edge_runtime.web import assets
+
+    monkeypatch.setattr(assets, "STATIC", tmp_path)         # an installation without web/static/
+    assets._read.cache_clear()
+    sink = start_sink(())
+    try:
+        status, _, body = get(sink.base + "/static/live.js")
+        assert status == 500 and b"live.js is missing" in body
+        assert "cannot be read" in caplog.text
+    finally:
+        sink.close()
+        assets._read.cache_clear()
+
+
 def test_latest_keeps_the_line_and_adds_every_region():
     regions = [parse_region_flag("door=0.5,0,0.5,1"), parse_region_flag("gate=0,0,0.5,1")]
     sink = start_sink(regions)
