@@ -353,11 +353,20 @@ def test_the_region_editor_gives_a_valid_config_and_flags(three, tmp_path):
             out = json.loads(browser.evaluate(session, """JSON.stringify({yaml: document.getElementById('yaml').value,
                 error: document.getElementById('editorerror').textContent})"""))
             assert out["yaml"] == "" and why in out["error"] and "region 4" in out["error"], bad
-        # Removing it gives the configured regions back, and the page never wrote anything.
-        click(browser, session, '#draftlist [data-index="3"] button')
-        yaml_text = browser.evaluate(session, "document.getElementById('yaml').value")
-        path.write_text(yaml_text)
-        assert [r.name for r in config_mod.load(str(path)).regions] == NAMES
+        # Removing it gives the configured regions back; "redraw" then a drag moves the door's box.
+        click(browser, session, '#draftlist [data-index="3"] button:last-child')
+        wait_until(lambda: browser.evaluate(session, "document.querySelectorAll('#draftlist .draft').length === 3"),
+                   10, "the drawn region removed")
+        click(browser, session, '#draftlist [data-index="1"] button:first-of-type')
+        rect = json.loads(browser.evaluate(session, """(() => { const v = document.getElementById('view');
+            v.scrollIntoView({block: 'center'}); return JSON.stringify(v.getBoundingClientRect().toJSON()); })()"""))
+        mouse(browser, session, "mousePressed", *at(0.8, 0.5))
+        mouse(browser, session, "mouseMoved", *at(0.7, 0.3))
+        mouse(browser, session, "mouseReleased", *at(0.6, 0.2))
+        path.write_text(browser.evaluate(session, "document.getElementById('yaml').value"))
+        moved = config_mod.load(str(path)).regions
+        assert [r.name for r in moved] == NAMES and moved[0] == cfg.regions[0] and moved[2] == cfg.regions[2]
+        assert list(moved[1].box) == pytest.approx([0.6, 0.2, 0.2, 0.3], abs=0.01)
     finally:
         browser.close()
 

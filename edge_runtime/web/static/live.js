@@ -277,7 +277,8 @@ async function saveFrame(region, label, status) {
 // It starts from the configured regions (names and boxes; /stats.json does not say their other keys) and
 // never sends anything: the config is the user's to edit.
 let drafts = [];                     // [{name, box: [x, y, w, h]}], fractions of the frame, 3 decimals
-let drag = null;                     // {id, x, y, box} while a pointer is down
+let drag = null;                     // {id, at, box, name} while a pointer is down
+let redrawing = null;                // the index of the draft whose box the next drag replaces, or null
 
 const round3 = (v) => Math.round(v * 1000) / 1000;
 const fmt = (v) => String(round3(v));
@@ -321,7 +322,7 @@ function renderOutput() {
   $("yaml").rows = Math.max(3, $("yaml").value.split("\n").length);
   $("flags").value = problem ? "" : drafts.map((d) =>
     "--region" + (d.name.startsWith("-") ? "=" : " ") + d.name + "=" + d.box.map(fmt).join(",")).join(" ");
-  const all = drafts.concat(drag ? [{name: drag.name, box: drag.box}] : []);
+  const all = drafts.filter((_, i) => !(drag && i === redrawing)).concat(drag ? [{name: drag.name, box: drag.box}] : []);
   const boxes = all.map((d, i) => {
     const div = el("div", "draftbox" + (tagBelow(all, i) ? " below" : ""));
     place(div, d.box);
@@ -341,10 +342,15 @@ function renderDrafts() {
     input.setAttribute("aria-label", "name of region " + (i + 1));
     input.addEventListener("input", () => { d.name = input.value.trim(); renderOutput(); });
     const box = el("span", "dbox", "x " + fmt(d.box[0]) + ", y " + fmt(d.box[1]) + ", " + fmt(d.box[2]) + " × " + fmt(d.box[3]));
+    const redraw = el("button", "quiet", "redraw");
+    redraw.type = "button";
+    redraw.title = "the next box you drag replaces this one";
+    redraw.setAttribute("aria-pressed", String(redrawing === i));
+    redraw.addEventListener("click", () => { redrawing = redrawing === i ? null : i; renderDrafts(); });
     const remove = el("button", "quiet", "remove");
     remove.type = "button";
-    remove.addEventListener("click", () => { drafts.splice(i, 1); renderDrafts(); });
-    li.append(input, box, remove);
+    remove.addEventListener("click", () => { drafts.splice(i, 1); redrawing = null; renderDrafts(); });
+    li.append(input, box, redraw, remove);
     return li;
   });
   $("draftlist").replaceChildren(...rows);
@@ -357,6 +363,7 @@ function setEditing(on) {
   $("draw").hidden = !on;
   $("drafts").hidden = !on;
   $("boxes").hidden = on;            // the drafts stand for the configured boxes while editing
+  redrawing = null;
   if (on) { drafts = regionsNow.map((r) => ({name: r.name, box: r.box.map(round3)})); renderDrafts(); }
 }
 
@@ -366,7 +373,7 @@ draw.addEventListener("pointerdown", (ev) => {
   ev.preventDefault();
   draw.setPointerCapture(ev.pointerId);
   const at = fraction(ev);
-  drag = {id: ev.pointerId, at: at, box: [at[0], at[1], 0, 0], name: nextName()};
+  drag = {id: ev.pointerId, at: at, box: [at[0], at[1], 0, 0], name: redrawing === null ? nextName() : drafts[redrawing].name};
 });
 draw.addEventListener("pointermove", (ev) => {
   if (!drag || ev.pointerId !== drag.id) return;
@@ -378,7 +385,10 @@ const finish = (ev) => {
   const box = boxFrom(drag.at, fraction(ev));
   const name = drag.name;
   drag = null;
-  if (box[2] >= 0.01 && box[3] >= 0.01) drafts.push({name: name, box: box});   // a click is not a region
+  if (box[2] >= 0.01 && box[3] >= 0.01) {           // a click is not a region
+    if (redrawing === null) drafts.push({name: name, box: box});
+    else { drafts[redrawing].box = box; redrawing = null; }
+  }
   renderDrafts();
 };
 draw.addEventListener("pointerup", finish);
