@@ -371,8 +371,14 @@ class Chromium:
         return session
 
     def evaluate(self, session: str, expression: str):
-        """The expression's value, or None while it throws (e.g. the page is still loading)."""
-        reply = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        """The expression's value, or None while it throws (e.g. the page is still loading) or while the tab
+        navigates (a form's POST answered with a new document: Chromium refuses to evaluate in between)."""
+        try:
+            reply = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        except RuntimeError as exc:
+            if "navigated or closed" in str(exc):
+                return None
+            raise
         return None if "exceptionDetails" in reply else reply["result"].get("value")
 
     def close(self) -> None:

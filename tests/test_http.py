@@ -149,7 +149,12 @@ def test_every_endpoint_in_process(sink):
     status, headers, body = get(base + "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     page = body.decode()
-    assert '<img id="view"' in page and "/stream.mjpg" in page and "<script>" in page
+    assert '<img id="view"' in page and "/stream.mjpg" in page and 'src="/static/live.js"' in page
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    for path, kind in (("/static/live.js", "text/javascript"), ("/static/live.css", "text/css")):
+        status, headers, asset = get(base + path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and asset, path
+        page += asset.decode()
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page   # self-contained
 
     assert get(base + "/nope")[0] == 404

@@ -1,10 +1,12 @@
 """HTTP: Prometheus metrics, health, the latest prediction and frame, and a live view page.
 
-  GET /              the live view (data/live.html: one self-contained page)
+  GET /              the live view (web/static/: live.html, live.css, live.js; assets.py, with a strict CSP)
+  GET /static/F      the page's CSS and JS (assets.ROUTES: those files only)
   GET /metrics       Prometheus exposition (metrics.py)
   GET /healthz       200 while frames flow; 503 + JSON reason when the source is lost, frames stop or
                      the pipeline failed (Pipeline.health())
-  GET /latest        the last prediction JSON (the stdout line)
+  GET /latest        the last prediction JSON (the stdout line); with regions also `regions`: each
+                     region's last record, in config order
   GET /stats.json    the last stats line plus live FPS/latency/temperature, for the page
   GET /snapshot.jpg  the last frame as JPEG
   GET /stream.mjpg   MJPEG (multipart/x-mixed-replace) at http.mjpeg_fps
@@ -44,10 +46,10 @@ from edge_runtime.util.addresses import hostname, parse_listen, redact
 from edge_runtime.util.jsonline import dumps
 from edge_runtime.util.errors import UserError
 from edge_runtime.core.sink import Sink, SinkContext
+from edge_runtime.web import assets
 
 log = logging.getLogger(__name__)
 
-PAGE = Path(__file__).resolve().parents[1] / "data" / "live.html"
 SOCKET_TIMEOUT_S = 10.0
 MAX_EVENTS = 100        # kept for GET /events
 BOUNDARY = "frame"
@@ -81,6 +83,12 @@ def _authority(netloc: str, scheme: str) -> str:
     """host[:port] without the scheme's default port: `cam.lan:80` and `cam.lan` are one page."""
     default = ":443" if scheme == "https" else ":80"
     return netloc[:-len(default)] if netloc.endswith(default) else netloc
+
+
+def _redacted(record: dict) -> dict:
+    """A record with the password of its source URI (rtsp://user:pw@...) masked."""
+    source = record.get("source")
+    return {**record, "source": redact(source)} if isinstance(source, str) and "@" in source else record
 
 
 class _Server(ThreadingHTTPServer):
@@ -334,8 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(421, {"error": "unknown Host; add it to http.allowed_hosts to serve it"})
             return
         try:
-            if path in ("/", "/index.html"):
-                self._send(200, sink.page(), "text/html; charset=utf-8")
+            if (page := assets.route(path)) is not None:           # /, the page's CSS and JS
+                self._send(*page)
             elif path == "/metrics":
                 self._send(200, sink.metrics.exposition(), sink.metrics.content_type)
             elif path == "/healthz":
@@ -429,7 +437,6 @@ class HttpSink(Sink):
         self._jpeg: tuple[int, bytes] | None = None
         self._jpeg_at = 0.0
         self._clients_lock = threading.Lock()
-        self._page: bytes | None = None
         self._server: _Server | None = None
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)   # newest last
         self._region_latest: dict[str, dict] = {}               # region -> its last record
@@ -502,13 +509,16 @@ class HttpSink(Sink):
         return health
 
     def latest_record(self) -> dict | None:
+        """The last prediction (the stdout line). With regions, the line is the frame's first region, as it
+        always was, and `regions` adds every region's last record in config order (a region with none yet,
+        e.g. its scores refused, is left out): the page and scripts see all of them, not the first only."""
         latest = self._latest
         if latest is None:
             return None
-        record = latest[1]
-        source = record.get("source")
-        if isinstance(source, str) and "@" in source:
-            record = {**record, "source": redact(source)}
+        record = _redacted(latest[1])
+        if self.context.regions:
+            last = [self._region_latest.get(region.name) for region in self.context.regions]
+            record = {**record, "regions": [_redacted(r) for r in last if r is not None]}
         return record
 
     def live_fps(self, window: float = 2.0) -> float:
@@ -628,11 +638,6 @@ class HttpSink(Sink):
             self._jpeg, self._jpeg_at = (seq, buf.tobytes()), now
             self.frames_encoded += 1
             return self._jpeg
-
-    def page(self) -> bytes:
-        if self._page is None:
-            self._page = PAGE.read_bytes()
-        return self._page
 
     def count_request(self) -> None:
         with self._clients_lock:
