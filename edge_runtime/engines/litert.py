@@ -269,6 +269,7 @@ class LiteRTEngine:
             quant.append(f"{self._model_dtype} input (scale {self._in_scale:g}, zero point {self._in_zero})")
         if self._out_scale:
             quant.append(f"output dequantised (scale {self._out_scale:g}, zero point {self._out_zero})")
-        parts = [self.path, f"spec from {self.spec.origin}", "litert" + ("" if self.options.xnnpack else " (no XNNPACK)"),
-                 f"{self.num_outputs} outputs", f"{self.threads} thread(s)", *quant]
+        engine = "litert" + ("" if self.options.xnnpack else " (no XNNPACK)")
+        parts = [self.path, f"spec from {self.spec.origin}", engine, f"{self.num_outputs} outputs",
+                 f"{self.threads} thread(s)", *quant]
         return ", ".join(parts)

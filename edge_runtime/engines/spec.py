@@ -131,9 +131,9 @@ def labels_from_text(text: str) -> tuple[str, ...]:
     labels = tuple(line.strip() for line in text.splitlines())
     while labels and not labels[-1]:
         labels = labels[:-1]
-    prefixes = [f"{i} " for i in range(len(labels))]
-    if labels and all(label.startswith(p) and label[len(p):].strip() for label, p in zip(labels, prefixes, strict=True)):
-        labels = tuple(label[len(p):].strip() for label, p in zip(labels, prefixes, strict=True))
+    pairs = [(label, f"{i} ") for i, label in enumerate(labels)]
+    if labels and all(label.startswith(p) and label[len(p):].strip() for label, p in pairs):
+        labels = tuple(label[len(p):].strip() for label, p in pairs)
     return labels
 
 
