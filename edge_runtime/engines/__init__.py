@@ -11,6 +11,7 @@ Optional engines import their module (and its library) only when a model of thei
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from edge_runtime.engines import base
@@ -68,8 +69,10 @@ def detect(path: str) -> str:
         if entry.detect(head):
             return kind
     kinds = "; ".join(e.files for e in REGISTRY.values())
-    raise ModelError(path, f"is not a model file this daemon can run (its first bytes are neither a TFLite "
-                     f"flatbuffer's nor an ONNX protobuf's; truncated, or another format?). It runs: {kinds}")
+    named = {".onnx": "an ONNX model", ".tflite": "a TFLite model"}.get(Path(path).suffix.lower())
+    what = f"is not {named}, whatever its name says" if named else "is not a model file this daemon can run"
+    raise ModelError(path, f"{what}: its first bytes are neither a TFLite flatbuffer's (TFL3) nor an ONNX "
+                     f"protobuf's (truncated, or another format?). It runs: {kinds}")
 
 
 def load_engine(path: str, threads: int = 0, cfg=None, **kw) -> Engine:
