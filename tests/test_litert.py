@@ -246,6 +246,26 @@ def test_regions_run_through_a_tflite_model(tmp_path):
     assert regions[("00.png", "left")] == regions[("00.png", "right")] == "Red thing", regions
 
 
+@needs_litert
+def test_bench_compares_an_onnx_and_a_tflite_model_on_the_same_frames(tmp_path, video_file):
+    import subprocess
+    import sys
+
+    onnx = make_channel_model(tmp_path / "a.onnx")
+    tflite = teachable_machine_pair(tmp_path / "tm")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(onnx), "--model", str(tflite),
+                           "--video", str(video_file), "--threads", "1", "--seconds", "0.2", "--frames", "20",
+                           "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env=daemon_env())
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(next(out.glob("bench-*.json")).read_text())["compare"]["models"]
+    assert [r["engine"] for r in rows] == ["onnxruntime", "litert"]
+    assert rows[0]["bare_ratio_vs_first"] == 1.0 and rows[1]["daemon_ratio_vs_first"] > 0
+    assert 0 <= rows[1]["top1_agreement_with_first"] <= 1
+    assert "(litert) is " in proc.stdout or "(onnxruntime) is " in proc.stdout
+
+
 # -- broken files ------------------------------------------------------------------------------------
 
 def broken_tflites(tmp_path: Path, fixtures: Path, tiny_model: Path) -> dict:
