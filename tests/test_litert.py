@@ -216,6 +216,27 @@ def test_teachable_machine_style_pair_runs_and_names_classes_without_the_index(t
 
 
 @needs_litert
+def test_metrics_and_validate_config_name_the_engine(tmp_path):
+    import urllib.request
+
+    from harness import free_port
+
+    model = teachable_machine_pair(tmp_path / "tm")
+    port = free_port()
+    d = Daemon("--source", "synthetic://64x48?fps=30", "--model", model, "--http", f"127.0.0.1:{port}")
+    try:
+        wait_until(lambda: len(d.predictions()) >= 3, 30, "the first predictions")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        info = next(line for line in body.splitlines() if line.startswith("edge_runtime_model_info{"))
+        assert 'engine="litert"' in info and 'labels="3"' in info and 'input="32x32"' in info, info
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    valid = run_daemon("--source", "synthetic://64x48", "--model", model, "--validate-config")
+    assert valid.returncode == 0 and "config OK" in valid.stdout and ", litert, 3 outputs" in valid.stdout
+
+
+@needs_litert
 def test_labels_embedded_in_the_file_are_used_without_a_sidecar(tmp_path):
     model = embed_labels(make_channel_tflite(tmp_path / "embedded.tflite"), ["red", "green", "blue"])
     engine = load_engine(str(model), 1)
