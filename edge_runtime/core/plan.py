@@ -110,7 +110,7 @@ def check_model_path(model: str) -> None:
     raise ModelError(model, f"file not found: looked for {where}{relative}. Get a real MobileNetV3-Small with "
                      f"`python -m edge_runtime fetch-model --output {model}` (--untrained offline: a demo whose "
                      "labels mean nothing; models/export.py makes one with PyTorch), or point --model at your "
-                     ".onnx file")
+                     ".onnx (or .tflite) file")
 
 
 def lane_count(configured: int, live: bool, threads: int) -> int:
