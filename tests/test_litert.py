@@ -105,6 +105,33 @@ def test_the_engine_is_chosen_by_the_file_content_not_its_name(tmp_path, tiny_mo
         detect(str(text))
 
 
+def test_litert_options_are_validated_like_any_config_key(tmp_path):
+    from edge_runtime import config as config_mod
+    from edge_runtime.util.errors import ConfigError
+
+    config = tmp_path / "edge.yaml"
+    config.write_text("litert:\n  xnnpak: false\n")
+    with pytest.raises(ConfigError, match="litert.xnnpak"):
+        config_mod.load(str(config), {}, {})
+    config.write_text("litert:\n  xnnpack: maybe\n")
+    with pytest.raises(ConfigError, match="litert.xnnpack"):
+        config_mod.load(str(config), {}, {})
+    config.write_text("litert:\n  xnnpack: false\n")
+    assert config_mod.load(str(config), {}, {}).litert.xnnpack is False
+
+
+@needs_litert
+def test_without_xnnpack_the_builtin_kernels_give_the_same_answer(tmp_path):
+    model = teachable_machine_pair(tmp_path / "tm")
+    (tmp_path / "edge.yaml").write_text(f"model: {model}\nlitert:\n  xnnpack: false\n")
+    photos = colour_folder(tmp_path / "photos", 3)
+    result = run_daemon("--config", tmp_path / "edge.yaml", "--source", photos, "--log-level", "info")
+    assert result.returncode == 0, result.stderr
+    assert "litert (no XNNPACK)" in result.stderr
+    assert [p["top"][0]["label"] for p in sorted(result.predictions, key=lambda p: p["path"])] == \
+        ["Red thing", "Green thing", "Blue thing"]
+
+
 # -- without ai-edge-litert ---------------------------------------------------------------------------
 
 def test_without_litert_a_tflite_model_says_how_to_install_it(tmp_path, fixtures, tiny_model):
