@@ -8,7 +8,7 @@ set -euo pipefail
 usage() {
     cat <<EOF
 Usage: sudo ./install.sh [OPTIONS]        install or upgrade the service
-       ./install.sh --dev [--models]      development venv in this checkout (no root needed)
+       ./install.sh --dev [--models] [--litert]   development venv in this checkout (no root needed)
        sudo ./install.sh --uninstall [--purge]
 
 Options:
@@ -27,6 +27,9 @@ Options:
                       else one with untrained weights (EDGE_NO_DOWNLOAD=1: untrained, no download)
   --models            with --dev: also PyTorch for the tools in models/ (models/requirements.txt; on
                       x86_64 from PyTorch's CPU wheel index when it can be reached)
+  --litert            also LiteRT (ai-edge-litert, requirements-litert.txt; ~14 MB), to run .tflite
+                      models; with an install or with --dev. Without it a .tflite model is refused
+                      with a line saying to re-run with --litert; ONNX models never need it
   --uninstall         stop and remove the service, the unit and the prefix; keep the config
                       ($CONFIG_DIR) and the models ($STATE_DIR) unless --purge
   --purge             with --uninstall: also remove the config, the models and the user
@@ -42,7 +45,8 @@ comparison); installs $UNIT_DIR/$UNIT and enables it, and (re)starts it when a m
 
 Progress goes to stderr; stdout stays empty (for pipes).
 Environment: EDGE_DEV_REQUIREMENTS  requirement files for --dev, relative to the checkout
-             (default "requirements.txt requirements-dev.txt", plus models/requirements.txt with --models).
+             (default "requirements.txt requirements-dev.txt", plus models/requirements.txt with --models
+             and requirements-litert.txt with --litert).
              EDGE_NO_DOWNLOAD=1  no model download (--dev: untrained demo model; install: none).
 Exit status: 0 done, 1 failed (with the reason), 2 bad usage.
 EOF
@@ -77,6 +81,7 @@ PYTHON=python3
 MODE=install
 PURGE=0
 MODELS=0
+LITERT=0
 ORIG_ARGS=("$@")
 DRY_RUN=0
 
@@ -93,6 +98,7 @@ while [[ $# -gt 0 ]]; do
         --no-service) SERVICE=0 ;;
         --dev) MODE=dev ;;
         --models) MODELS=1 ;;
+        --litert) LITERT=1 ;;
         --uninstall) MODE=uninstall ;;
         --purge) PURGE=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -107,6 +113,7 @@ PREFIX=${PREFIX%/}
 [[ -n $PREFIX ]] || usage_error "--prefix / is not allowed"
 if [[ $PURGE == 1 && $MODE != uninstall ]]; then usage_error "--purge only goes with --uninstall"; fi
 if [[ $MODELS == 1 && $MODE != dev ]]; then usage_error "--models only goes with --dev"; fi
+if [[ $LITERT == 1 && $MODE == uninstall ]]; then usage_error "--litert goes with an install or --dev"; fi
 [[ -z $MODEL || $MODE == install ]] || usage_error "--model only goes with an install"
 [[ -z $SHA256 || -n $MODEL ]] || usage_error "--sha256 needs --model"
 if [[ -n $SHA256 ]]; then
@@ -325,14 +332,18 @@ except Exception as exc:
 
 install_model() {
     [[ -n $MODEL ]] || return 0
-    local tmp=$MODEL_DIR/.model.onnx.new actual sidecar=""
+    local tmp=$MODEL_DIR/.model.onnx.new actual sidecar="" stem
     say "model -> $MODEL_FILE"
     if [[ $MODEL =~ ^https?:// ]]; then
         run "$PYTHON" -c "$DOWNLOAD_PY" "$MODEL" "$tmp" || { rm -f "$tmp"; die "could not download $MODEL; the old model (if any) is unchanged"; }
     else
         [[ -f $MODEL ]] || die "--model $MODEL: no such file"
         run install -m 0640 "$MODEL" "$tmp"
-        [[ -f ${MODEL%.onnx}.yaml ]] && sidecar=${MODEL%.onnx}.yaml
+        # model.onnx -> model.yaml, model.tflite -> model.yaml (a .tflite runs from model.onnx too: the
+        # daemon picks the engine by the file's content, not its name)
+        stem=${MODEL%.onnx}
+        stem=${stem%.tflite}
+        [[ -f $stem.yaml ]] && sidecar=$stem.yaml
     fi
     if [[ -n $SHA256 ]]; then
         if [[ $DRY_RUN == 1 ]]; then
@@ -382,6 +393,8 @@ install_package() {
     local pi=$1 build
     say "Python packages into $VENV"
     pip_in "$VENV" install -r "$SRC_DIR/requirements.txt"
+    # LiteRT for .tflite models, only when asked for (the daemon imports it only for a .tflite model).
+    if [[ $LITERT == 1 ]]; then pip_in "$VENV" install -r "$SRC_DIR/requirements-litert.txt"; fi
     # Build from a copy, so a (root) build leaves no build/ or *.egg-info in the checkout.
     if [[ $DRY_RUN == 1 ]]; then
         printf '+ %s\n' "$VENV/bin/python -m pip install --no-deps --force-reinstall (a copy of $SRC_DIR: pyproject.toml edge_runtime/)" >&2
@@ -557,6 +570,7 @@ do_dev() {
     fi
     ensure_venv "$SRC_DIR/.venv" "$pi"
     [[ $MODELS == 1 ]] && default_reqs+=" models/requirements.txt"
+    [[ $LITERT == 1 ]] && default_reqs+=" requirements-litert.txt"
     for r in ${EDGE_DEV_REQUIREMENTS:-$default_reqs}; do
         [[ -f $SRC_DIR/$r ]] || die "missing $SRC_DIR/$r"
         reqs+=(-r "$SRC_DIR/$r")

@@ -16,6 +16,7 @@ import yaml
 
 from edge_runtime.util import safeio, schema
 from edge_runtime.util.addresses import parse_broker_url, parse_listen
+from edge_runtime.engines.litert import LiteRTOptions
 from edge_runtime.util.errors import ConfigError
 from edge_runtime.watch.regions import RegionConfig, check_unique
 from edge_runtime.util.schema import Invalid, all_of, at_most, between, field, greater_than, one_of
@@ -125,7 +126,7 @@ class Config:
                                help="camera number: csi://N on a Pi, /dev/videoN elsewhere")
     model: str = field(DEFAULT_MODEL)
     model_spec: dict | None = field(None, help="sidecar-format description for a model that has none")
-    threads: int = field(0, check=between(0, 256), help="onnxruntime threads, 0 = all cores")
+    threads: int = field(0, check=between(0, 256), help="inference threads (onnxruntime, LiteRT), 0 = all cores")
     lanes: int = field(0, check=between(0, 64), help="sessions on successive frames side by side, 0 = auto")
     batch: int = field(0, check=between(0, 64),
                        help="frames per inference for files, folders, unthrottled synthetic; 0 = auto")
@@ -142,6 +143,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     regions: tuple[RegionConfig, ...] = field((), help="named crops of the frame, each classified")
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+    litert: LiteRTOptions = field(default_factory=LiteRTOptions)
 
     def __post_init__(self):
         if self.source is not None and self.camera is not None:

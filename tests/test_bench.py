@@ -137,3 +137,23 @@ def test_bench_takes_the_daemons_config_and_flags(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "threadz" in err[0] and str(config) in err[0]
     assert "the ONNX model to measure" in bench.build_parser().format_help()
+
+
+def test_bench_compares_two_models_on_the_same_frames(tiny_model, channel_model, video_file, tmp_path):
+    """--model twice: each model bare on the same decoded frames and in the daemon, ratios to the first."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model),
+                           "--model", str(channel_model), "--video", str(video_file), "--threads", "1",
+                           "--seconds", "0.2", "--frames", "20", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    compare = json.loads(next(out.glob("bench-*.json")).read_text())["compare"]
+    rows = compare["models"]
+    assert [r["model"] for r in rows] == [str(tiny_model), str(channel_model)] and compare["frames"] == 64
+    assert all(r["engine"] == "onnxruntime" and r["bare"]["fps"] > 0 and r["daemon"]["fps"] > 0 for r in rows)
+    assert rows[0]["bare_ratio_vs_first"] == 1.0 and rows[1]["top1_agreement_with_first"] is None   # 1000 vs 3
+    assert "engines on the same 64 frames" in proc.stdout and "x bare" in proc.stdout
+    missing = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--model", str(tiny_model),
+                              "--model", str(tmp_path / "nope.tflite")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "nope.tflite not found" in missing.stderr
+

@@ -83,7 +83,7 @@ def test_help_lists_every_option():
     proc = install_sh("--help")
     assert proc.returncode == 0 and proc.stderr == ""
     for option in ("--dry-run", "--prefix", "/opt/edge-runtime", "--model", "--sha256", "--no-service", "--dev",
-                   "--uninstall", "--purge", "--python"):
+                   "--uninstall", "--purge", "--python", "--litert"):
         assert option in proc.stdout, option
 
 
@@ -183,6 +183,22 @@ def test_dry_run_dev_makes_the_demo_model_without_torch(platform_env):
         assert "--index-url https://download.pytorch.org/whl/cpu" in steps[torch]
         assert torch < first_index(steps, f"-r {REPO}/models/requirements.txt")
     assert install_sh("--models", "--dry-run", env=platform_env).returncode == 2
+
+
+def test_dry_run_litert_is_installed_only_when_asked_for(platform_env):
+    """--litert adds requirements-litert.txt, to the service's venv and to --dev's; never without it."""
+    plain = "\n".join(actions(install_sh("--dry-run", env=platform_env).stderr))
+    assert "requirements-litert.txt" not in plain
+    service = install_sh("--litert", "--dry-run", env=platform_env)
+    assert service.returncode == 0, service.stderr
+    assert (f"/opt/edge-runtime/venv/bin/python -m pip --disable-pip-version-check install -r "
+            f"{REPO}/requirements-litert.txt") in actions(service.stderr)
+    dev = install_sh("--dev", "--litert", "--dry-run", env=platform_env)
+    steps = actions(dev.stderr)
+    pip = steps[first_index(steps, "pip --disable-pip-version-check install -r")]
+    assert dev.returncode == 0 and f"-r {REPO}/requirements-litert.txt" in pip and "models/" not in pip
+    refused = install_sh("--uninstall", "--litert", "--dry-run", env=platform_env)
+    assert refused.returncode == 2 and "--litert goes with an install or --dev" in refused.stderr
 
 
 def test_dry_run_raspberry_pi_os(platform_env, tmp_path):

@@ -46,9 +46,19 @@ def test_ci_runs_the_readme_quick_start_exactly_and_first():
     assert ci.index("./install.sh --dev --models") > 1           # the extra comes after, as its own step
 
 
+def test_litert_is_an_extra_not_a_dependency():
+    """LiteRT only with --litert: not in the device's or the dev set, and never the old tflite-runtime."""
+    litert = requirements("requirements-litert.txt")
+    assert litert == ["ai-edge-litert>=2.1"]
+    everything = requirements("requirements.txt") + requirements("requirements-dev.txt")
+    assert not any(r.startswith(("ai-edge-litert", "tflite-runtime", "tensorflow")) for r in everything)
+    ci = (REPO / ".ci/run").read_text()
+    assert "./install.sh --dev --litert" in ci and "tests/test_litert.py" in ci
+
+
 # Import names whose distribution is called otherwise.
 DISTRIBUTION = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "paho": "paho-mqtt",
-                "prometheus_client": "prometheus-client"}
+                "prometheus_client": "prometheus-client", "ai_edge_litert": "ai-edge-litert"}
 
 
 def test_every_module_the_tests_import_without_a_skip_is_installed_by_dev():
@@ -61,7 +71,9 @@ def test_every_module_the_tests_import_without_a_skip_is_installed_by_dev():
                  + requirements("requirements.txt") if not r.startswith("-r")}
     local = ({p.stem for p in (REPO / "tests").rglob("*.py")} | {p.name for p in (REPO / "tests/fakes").iterdir()}
              | {"edge_runtime", "models", "tests", "fakes"})
-    skipped = {"torch", "torchvision"}     # imported only after pytest.importorskip (reason: --models)
+    # imported only after pytest.importorskip (reason: --models), or in tests that skip without LiteRT (reason:
+    # --litert; flatbuffers comes with ai-edge-litert)
+    skipped = {"torch", "torchvision", "ai-edge-litert", "flatbuffers"}
     missing = set()
     for path in (REPO / "tests").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -25,7 +25,7 @@ import numpy as np
 from edge_runtime import __version__
 from edge_runtime import config as config_mod
 from edge_runtime.config import DEFAULT_MODEL
-from edge_runtime.engines.ort import Engine
+from edge_runtime.engines import Engine, load_engine
 from edge_runtime.core.plan import RunPlan, load_model, plan_run
 from edge_runtime.engines.lanes import lane_engines
 
@@ -48,11 +48,17 @@ def machine() -> dict:
         features = [f for f in KERNEL_FEATURES if f in flags]
     except OSError:
         pass
+    import importlib.metadata
+
     import onnxruntime as ort
+    try:
+        litert = importlib.metadata.version("ai-edge-litert")
+    except importlib.metadata.PackageNotFoundError:
+        litert = None
     return {"cpu": cpu, "cpu_features": features, "cores": os.cpu_count(), "arch": platform.machine(),
             "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-            "edge_runtime": __version__}
+            "onnxruntime": ort.__version__, "ai_edge_litert": litert, "opencv": cv2.__version__,
+            "numpy": np.__version__, "edge_runtime": __version__}
 
 
 def _stat(samples_ms: list[float]) -> dict:
@@ -73,17 +79,25 @@ def _time_calls(fn, seconds: float, min_calls: int = 20) -> list[float]:
 
 def bare_session(model: str, threads: int, seconds: float, batch: int = 1) -> dict:
     """The limit: session.run on a ready tensor, nothing else (`batch` images per call; fps counts images)."""
-    engine = Engine(model, threads)
+    engine = load_engine(model, threads)
     engine.warm_up(10, batch=batch)
     shape = (batch,) + engine.input_shape()[1:]
     tensor = np.random.default_rng(0).integers(0, 255, shape).astype(engine.input_dtype())
-    feed = {engine.input_name: tensor}
-    run = engine.session.run
-    names = engine.output_names
+    call = bare_call(engine, tensor)
     t0 = time.perf_counter()
-    samples = _time_calls(lambda: run(names, feed), seconds)
+    samples = _time_calls(call, seconds)
     wall = time.perf_counter() - t0
     return {"threads": engine.threads, "batch": batch, "fps": round(batch * len(samples) / wall, 2), **_stat(samples)}
+
+
+def bare_call(engine: Engine, tensor: np.ndarray):
+    """The engine's bare run on `tensor` as a zero-argument call: onnxruntime's session.run itself (what
+    the numbers in docs/BENCHMARKS.md were taken with), else the engine's run_batch."""
+    session = getattr(engine, "session", None)
+    if session is not None:
+        run, names, feed = session.run, engine.output_names, {engine.input_name: tensor}
+        return lambda: run(names, feed)
+    return lambda: engine.run_batch(tensor)
 
 
 def bare_lanes(model: str, plan: RunPlan, seconds: float) -> dict:
@@ -93,7 +107,7 @@ def bare_lanes(model: str, plan: RunPlan, seconds: float) -> dict:
     import threading
 
     lanes, per_lane, batch = plan.lanes, plan.per_lane, plan.batch
-    engines = lane_engines(Engine(model, per_lane, mem_pattern=plan.mem_pattern, spinning=plan.spinning), lanes)
+    engines = lane_engines(load_engine(model, per_lane, mem_pattern=plan.mem_pattern, spinning=plan.spinning), lanes)
     for engine in dict.fromkeys(engines):
         engine.warm_up(10, batch=batch)
     shape = (batch,) + engines[0].input_shape()[1:]
@@ -102,9 +116,9 @@ def bare_lanes(model: str, plan: RunPlan, seconds: float) -> dict:
     end = time.perf_counter() + seconds
 
     def lane(i: int) -> None:
-        run, names, feed = engines[i].session.run, engines[i].output_names, {engines[i].input_name: tensor}
+        call = bare_call(engines[i], tensor)
         while time.perf_counter() < end:
-            run(names, feed)
+            call()
             calls[i] += 1
 
     workers = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
@@ -141,7 +155,7 @@ def stages(model: str, threads: int, width: int, height: int, video: Path, secon
     from edge_runtime.util.jsonline import dumps
     from edge_runtime.sources import SourceOptions, open_source
 
-    engine = Engine(model, threads)
+    engine = load_engine(model, threads)
     engine.warm_up(10)
     synthetic = open_source(f"synthetic://{width}x{height}", SourceOptions())
     synthetic.open()
@@ -331,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the daemon's config file (e.g. /etc/edge-runtime/config.yaml): measure its model with "
                          "its threads, as the daemon would load them (relative paths are to the file's folder); "
                          "--model and --threads override it, as they do the daemon's")
-    ap.add_argument("--model", metavar="PATH",
-                    help=f"the ONNX model to measure (default: the --config file's, else {DEFAULT_MODEL} in the "
-                         "current directory, else the one in this installation's repository)")
+    ap.add_argument("--model", metavar="PATH", action="append", dest="models",
+                    help=f"the ONNX model to measure, or a .tflite one (default: the --config file's, else "
+                         f"{DEFAULT_MODEL} in the current directory, else the one in this installation's "
+                         "repository). Twice or more (--model A.onnx --model B.tflite): instead, compare the "
+                         "models and their engines on the same frames, each against the first")
     ap.add_argument("--int8", metavar="MODEL", help="an INT8 model to compare against --model")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for the main comparison (default: the --config file's `threads`; 0 = all cores)")
@@ -385,6 +401,8 @@ def default_model() -> str:
 def settle_model(args: argparse.Namespace) -> None:
     """args.model and args.threads as the daemon would have them: from --config (ConfigError if it is
     wrong), the flags on top; without --config, the default model (default_model) and all cores."""
+    models = getattr(args, "models", None) or []
+    args.model, args.compare = (models[0] if models else None), models[1:]
     if args.config:
         overrides = {k: v for k, v in (("model", args.model), ("threads", args.threads)) if v is not None}
         cfg = config_mod.load(args.config, overrides, {"model": "--model", "threads": "--threads"})
@@ -403,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return exc.exit_code
+    missing = [m for m in args.compare if not Path(m).exists()]
+    if missing:
+        print(f"model {missing[0]} not found", file=sys.stderr)
+        return 2
     if not Path(args.model).exists():
         print(f"model {args.model} not found; get one: python -m edge_runtime fetch-model --output {args.model} "
               "(add --untrained offline: speed is the same)", file=sys.stderr)
@@ -431,6 +453,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
         if args.regions:
             result["regions"] = regions_bench(args, threads, video, tmp_dir)
+            return write_results(result, out_dir, chart_too=False)
+        if args.compare:
+            from edge_runtime.cli.bench_engines import compare_models
+            try:
+                result["compare"] = compare_models(args, [args.model, *args.compare], threads, video, tmp_dir,
+                                                   daemon_run)
+            except UserError as exc:
+                print(f"bench: {exc}", file=sys.stderr)
+                return exc.exit_code
             return write_results(result, out_dir, chart_too=False)
         plan, engine = daemon_plan(args.model, threads, f"synthetic://{width}x{height}")
         result["lanes"], result["batch"] = plan.lanes, plan.batch

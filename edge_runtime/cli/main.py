@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "folder, rtsp://..., http://..., synthetic://WIDTHxHEIGHT[?fps=F]")
     src.add_argument("--camera", type=int, metavar="N",
                      help="camera N: the Pi camera (picamera2) on a Raspberry Pi, /dev/videoN elsewhere")
-    p.add_argument("--model", metavar="PATH", help=f"ONNX model (default {config_mod.DEFAULT_MODEL})")
+    p.add_argument("--model", metavar="PATH",
+                   help=f"ONNX model, or .tflite (LiteRT: ./install.sh --litert) (default {config_mod.DEFAULT_MODEL})")
     p.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
-    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="inference threads, onnxruntime or LiteRT (default: all cores)")
     p.add_argument("--lanes", type=int, metavar="N",
                    help="sessions working on successive frames side by side, the threads split between them "
                         "(default: 2 for files/folders/unthrottled synthetic, 1 for live sources)")

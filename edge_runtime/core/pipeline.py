@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 from edge_runtime.core import health
 from edge_runtime.core.capture import CaptureThread, FrameFeed, Handoff, InlineReader, warn_skipped
-from edge_runtime.engines.ort import Engine
+from edge_runtime.engines import Engine
 from edge_runtime.util.notify import Notifier
 from edge_runtime.engines.postprocess import NonFiniteOutput, Postprocessor, refuse, region_refused
 from edge_runtime.engines.preprocess import FrameError, Preprocessor
@@ -122,7 +122,7 @@ class Pipeline:
                  region_groups: Sequence[Sequence[RegionGroup]] | None = None):
         """`live` and `source_uri` come from the run plan: the pipeline does not probe the source.
         `watch`: states, events and snapshots (watch.py); `region_groups`: each lane's RegionGroups."""
-        engines = [engine] if isinstance(engine, Engine) else list(engine)
+        engines = list(engine) if isinstance(engine, (list, tuple)) else [engine]
         self.make_source = make_source
         self.live = live
         self._set_lanes(engines, options.top_k, options.batch, region_groups)

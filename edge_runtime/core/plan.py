@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.config import AUTO_BATCH
-from edge_runtime.engines.ort import Engine
+from edge_runtime.engines import Engine, load_engine
 from edge_runtime.util.errors import ModelError, UserError
 from edge_runtime.util.redact import display_uri
 from edge_runtime.sources import Source, SourceOptions, camera_uri, open_source
@@ -90,8 +90,8 @@ def load_model(plan: RunPlan, cfg, config_file: str | None = None) -> tuple[RunP
     """Load and check the model with the plan's session options; the plan completed with the model's
     batch axis and input size. A bad source string is raised here, after the model's own checks."""
     check_model_path(cfg.model)
-    engine = Engine(cfg.model, plan.per_lane, config_spec=cfg.model_spec, spec_origin=config_file,
-                    mem_pattern=plan.mem_pattern, spinning=plan.spinning)
+    engine = load_engine(cfg.model, plan.per_lane, cfg, config_spec=cfg.model_spec, spec_origin=config_file,
+                         mem_pattern=plan.mem_pattern, spinning=plan.spinning)
     spec = engine.spec.input
     plan = dataclasses.replace(plan, batch=batch_size(cfg.batch, plan.paced, engine),
                                source_options=dataclasses.replace(plan.source_options, model_size=tuple(spec.size),
@@ -110,7 +110,7 @@ def check_model_path(model: str) -> None:
     raise ModelError(model, f"file not found: looked for {where}{relative}. Get a real MobileNetV3-Small with "
                      f"`python -m edge_runtime fetch-model --output {model}` (--untrained offline: a demo whose "
                      "labels mean nothing; models/export.py makes one with PyTorch), or point --model at your "
-                     ".onnx file")
+                     ".onnx (or .tflite) file")
 
 
 def lane_count(configured: int, live: bool, threads: int) -> int:
@@ -155,5 +155,6 @@ def load_region_models(plan: RunPlan, cfg, engine: Engine) -> tuple[RunPlan, dic
         model = region.model or cfg.model
         if model not in engines:
             check_model_path(model)
-            engines[model] = Engine(model, plan.per_lane, mem_pattern=plan.mem_pattern, spinning=plan.spinning)
+            engines[model] = load_engine(model, plan.per_lane, cfg, mem_pattern=plan.mem_pattern,
+                                         spinning=plan.spinning)
     return dataclasses.replace(plan, batch=1), engines

@@ -32,7 +32,7 @@ class SinkContext:
     stats: Stats = field(default_factory=Stats)
     stop: threading.Event = field(default_factory=threading.Event)
     live: bool = False                       # a live source: never block the caller on a slow reader
-    model_info: dict[str, str] = field(default_factory=dict)   # path, arch, weights, input, labels, untrained
+    model_info: dict[str, str] = field(default_factory=dict)   # path, engine, arch, weights, input, labels, untrained
     # health(unhealthy_after_s) -> the /healthz dict, or None when no pipeline runs (tools, tests)
     health: Callable[[float], dict | None] = _no_health
     regions: tuple = ()                      # config.Config.regions: names and boxes of the watched regions

@@ -85,9 +85,10 @@ def lane_sessions(cfg, plan, engine, region_engines: dict):
 
 def show_model(stats, engine) -> None:
     """In every stats line: which model, and whether its labels mean anything (at start and on reload).
-    `arch` only when the model says (a foreign model has none: nothing rather than an empty string)."""
+    `arch` only when the model says (a foreign model has none: nothing rather than an empty string);
+    `engine`: which runtime runs it (onnxruntime, litert)."""
     info = engine.info()
-    model = {"path": info["path"], "untrained": engine.spec.untrained}
+    model = {"path": info["path"], "engine": engine.kind, "untrained": engine.spec.untrained}
     if info["arch"]:
         model["arch"] = info["arch"]
     stats.set_extra("model", model)

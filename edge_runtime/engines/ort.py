@@ -1,4 +1,8 @@
-"""The onnxruntime CPU session: loaded, checked against the model's description, warmed up."""
+"""The onnxruntime CPU session: loaded, checked against the model's description, warmed up.
+
+The default engine (REGISTRY key "onnxruntime", engines/__init__.py) and the only one the daemon
+needs installed: `.onnx` files, chosen by their content. Its options are `threads` and the plan's
+memory-pattern and spin-wait choices (core/plan.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.engines import base
 from edge_runtime.engines import spec as ms
-from edge_runtime.util import safeio
+from edge_runtime.engines.base import MAX_INPUT_BYTES, TensorInfo  # noqa: F401  (MAX_INPUT_BYTES: used to live here)
 from edge_runtime.util.errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,8 @@ def ort_message(exc: BaseException) -> str:
 class Engine:
     """Wraps one InferenceSession. `run(tensor)` returns the first output as a flat 1-D array."""
 
+    kind = "onnxruntime"
+
     def __init__(self, model_path: str, threads: int = 0, *, spec: ms.ModelSpec | None = None,
                  config_spec: Any = None, spec_origin: str | None = None, mem_pattern: bool = True,
                  spinning: bool = True, _checked_outputs: int | None = None):
@@ -86,13 +93,7 @@ class Engine:
         self.path = model_path
         self.threads = threads or os.cpu_count() or 1
         path = Path(model_path)
-        if not path.exists():
-            raise ModelError(model_path, "file not found")
-        if path.is_dir():
-            raise ModelError(model_path, "is a folder, not an .onnx file")
-        _check_model_file(model_path)
-        if path.stat().st_size == 0:
-            raise ModelError(model_path, "file is empty (0 bytes)")
+        base.check_model_file(model_path, "an .onnx")
         options = session_options(self.threads, mem_pattern, spinning)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -118,37 +119,26 @@ class Engine:
                 raise ModelError(model_path, f"its description is invalid: {exc}") from None
         self.spec = spec
         _check_io_counts(self.session, model_path)
-        self.input = self.session.get_inputs()[0]
-        self.output = self.session.get_outputs()[0]
+        self._input = self.session.get_inputs()[0]
+        self._output = self.session.get_outputs()[0]
+        self.input = TensorInfo(self._input.name, tuple(self._input.shape))
+        self.output = TensorInfo(self._output.name, tuple(self._output.shape))
         self.num_outputs = self._check() if _checked_outputs is None else _checked_outputs
         self.input_name = self.input.name
         self.output_names = [self.output.name]
 
     def _check(self) -> int:
         """Refuse a model whose input or output disagrees with its description; return class count."""
-        spec = self.spec.input
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(self.path, f"expected one input, the model has {len(inputs)}: "
                              f"{', '.join(i.name for i in inputs)}")
-        dtype = _ORT_TYPES.get(self.input.type)
+        dtype = _ORT_TYPES.get(self._input.type)
         if dtype is None:
-            raise ModelError(self.path, f"input '{self.input.name}' is {self.input.type}; only float32 and "
+            raise ModelError(self.path, f"input '{self.input.name}' is {self._input.type}; only float32 and "
                              f"uint8 image tensors are supported")
-        if dtype != spec.dtype:
-            raise ModelError(self.path, f"input '{self.input.name}' is {dtype} but the description "
-                             f"({self.spec.origin}) says dtype {spec.dtype}{self._no_description_hint()}")
-        shape = list(self.input.shape)
-        if len(shape) != 4:
-            raise ModelError(self.path, f"input '{self.input.name}' has rank {len(shape)} {shape}; "
-                             f"an image classifier takes a rank-4 tensor (N,C,H,W or N,H,W,C)")
-        h, w = spec.size
-        want = [None, 3, h, w] if spec.layout == "nchw" else [None, h, w, 3]
-        for axis, (have, need) in enumerate(zip(shape, want, strict=True)):
-            if need is not None and isinstance(have, int) and have != need:
-                raise ModelError(self.path, f"input '{self.input.name}' has shape {shape} but the description "
-                                 f"({self.spec.origin}) says {spec.layout.upper()} with size {list(spec.size)} "
-                                 f"(axis {axis}: model {have}, description {need}){self._no_description_hint()}")
+        base.check_input(self.path, self.spec, self.input.name, dtype, list(self.input.shape),
+                         self._no_description_hint())
         out_shape = [d for d in self.output.shape]
         classes = 1
         for d in out_shape[1:]:
@@ -157,25 +147,20 @@ class Engine:
             else:
                 classes = -1
                 break
-        _check_input_size(self.path, self.input_shape(), self.input_dtype())
+        base.check_input_size(self.path, self.input_shape(), self.input_dtype())
         probed = self._probe_classes()
         if classes != -1 and probed != classes:
             raise ModelError(self.path, f"its output '{self.output.name}' declares {classes} values an image but "
                              f"gives {probed} for a blank image")
         classes = probed
-        labels = self.spec.labels
-        if labels is not None and classes != len(labels) + self.spec.label_offset:
-            raise ModelError(self.path, f"the model has {classes} outputs but the labels ({self.spec.origin}) "
-                             f"give {len(labels)} classes with label_offset {self.spec.label_offset}, "
-                             f"which needs {len(labels) + self.spec.label_offset}")
+        base.check_labels(self.path, self.spec, classes)
         return classes
 
     def _no_description_hint(self) -> str:
         """A model with neither metadata nor sidecar was checked against the defaults: say what to do."""
         if self.spec.origin != ms.default_spec_origin():
             return ""
-        return (f". The model carries no description: write {ms.sidecar_path(self.path)} next to it (input size, "
-                "colour, layout, dtype, mean/std, labels; README section 'Models and what they expect')")
+        return ". The model carries no description" + base.no_description_hint(self.path, self.spec)
 
     def _probe_classes(self) -> int:
         """Run the model on a blank image (two, with a dynamic batch): what validation accepts must
@@ -188,15 +173,7 @@ class Engine:
             raise ModelError(self.path, "not enough memory to run it once on a blank image") from None
         except Exception as exc:
             raise ModelError(self.path, f"fails on a blank image: {ort_message(exc)[:200]}") from None
-        if batch > 1 and (out.ndim == 0 or out.shape[0] != batch):
-            # Declared shapes can be wrong either way; what the graph does on two images is what counts.
-            raise ModelError(self.path, f"its input '{self.input.name}' has a dynamic batch axis "
-                             f"({self.input.shape[0]}) but for {batch} images its output '{self.output.name}' has "
-                             f"shape {list(out.shape)}: export both with a dynamic batch, or both fixed at 1")
-        if out.size == 0 or out.size % batch:
-            raise ModelError(self.path, f"for {batch} image(s) its output '{self.output.name}' has shape "
-                             f"{list(out.shape)}; expected one row of class scores per image")
-        return int(out.size // batch)
+        return base.probe_rows(self.path, out, batch, self.output.name, self.input.name, self.input.shape[0])
 
     def input_shape(self) -> tuple[int, ...]:
         return self.spec.input.tensor_shape(1)
@@ -214,6 +191,12 @@ class Engine:
         """Whether the model takes more than one image per run (its batch axis is symbolic)."""
         return not isinstance(self.input.shape[0], int)
 
+    @property
+    def shareable(self) -> bool:
+        """One-thread lanes share one session: onnxruntime's Run is thread-safe and, with one thread, runs
+        in its caller's thread (core/plan.py lane_engines)."""
+        return self.threads == 1
+
     def run(self, tensor: np.ndarray) -> np.ndarray:
         return self.session.run([self.output.name], {self.input.name: tensor})[0].reshape(-1)
 
@@ -229,16 +212,12 @@ class Engine:
 
     def info(self) -> dict[str, str]:
         """What sinks may show of the model (the /metrics model_info labels, the live page)."""
-        info = self.spec.info_dict
-        size = self.spec.input.size
-        return {"path": str(self.path), "arch": info.get("arch", ""), "weights": info.get("weights", ""),
-                "input": f"{size[0]}x{size[1]}", "labels": str(len(self.spec.labels or ())),
-                "untrained": "true" if self.spec.untrained else "false"}
+        return base.info_dict(self)
 
     def describe(self) -> str:
         info = self.spec.info_dict
         origin = [f"spec from {self.spec.origin}"] if self.spec.origin else []     # never "from None"
-        parts = [self.path, *origin, f"{self.num_outputs} outputs",
+        parts = [self.path, *origin, "onnxruntime", f"{self.num_outputs} outputs",
                  f"{self.threads} thread(s)" + ("" if self.spinning or self.threads == 1 else " (no spin-wait)")]
         if info.get("arch"):
             parts.insert(1, info["arch"])
@@ -247,29 +226,8 @@ class Engine:
         return ", ".join(parts)
 
 
-MAX_INPUT_BYTES = 256 << 20    # one input tensor; real classifiers take < 5 MB (600x600x3 float32 is 4.3 MB)
-
-
-def _check_model_file(model_path: str) -> None:
-    """Refuse, before onnxruntime opens it by name, a FIFO/device (blocks or never ends) or a name that
-    is not UTF-8 (onnxruntime's path argument cannot carry it)."""
-    if not safeio.utf8_name(model_path):
-        raise ModelError(safeio.display_path(model_path), "the file name is not valid UTF-8; rename the file")
-    try:
-        safeio.check_regular(model_path)
-    except OSError as exc:
-        raise ModelError(model_path, exc.strerror or str(exc)) from None
-
-
 def _check_io_counts(session, model_path: str) -> None:
     if not session.get_inputs():
         raise ModelError(model_path, "it has no input; expected one image tensor")
     if not session.get_outputs():
         raise ModelError(model_path, "it has no output; expected one tensor of class scores")
-
-
-def _check_input_size(model_path: str, shape: tuple[int, ...], dtype) -> None:
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size > MAX_INPUT_BYTES:
-        raise ModelError(model_path, f"its input {list(shape)} takes {size >> 20} MB a frame, more than the "
-                         f"{MAX_INPUT_BYTES >> 20} MB allowed; is the input size in its description right?")

@@ -2,7 +2,8 @@
 
 Read, in this order, from the ONNX file's own metadata (written by models/export.py and
 models/quantize.py), a sidecar YAML next to the model (`model.onnx` -> `model.yaml`), the config
-file's `model_spec` section, or torchvision's MobileNetV3 recipe as the default.
+file's `model_spec` section, or torchvision's MobileNetV3 recipe as the default. A `.tflite` model
+(engines/litert.py) the same way, its file's own input shape, type and labels in place of the recipe.
 
 The sidecar format (also the shape of the metadata, with labels inline):
 
@@ -27,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -124,14 +125,24 @@ class ModelSpec:
         return props
 
 
+def labels_from_text(text: str) -> tuple[str, ...]:
+    """One label a line, trailing blank lines dropped. Lines that all start with their own index and a
+    space (`0 Class 1`, as Teachable Machine writes labels.txt) lose the index: the name is the rest."""
+    labels = tuple(line.strip() for line in text.splitlines())
+    while labels and not labels[-1]:
+        labels = labels[:-1]
+    pairs = [(label, f"{i} ") for i, label in enumerate(labels)]
+    if labels and all(label.startswith(p) and label[len(p):].strip() for label, p in pairs):
+        labels = tuple(label[len(p):].strip() for label, p in pairs)
+    return labels
+
+
 def read_labels(path: Path, *, file: str | None = None) -> tuple[str, ...]:
     try:
         text = safeio.read_text(path, limit=safeio.MAX_TEXT_BYTES)    # regular file, bounded, UTF-8
     except OSError as exc:
         raise ConfigError(f"cannot read labels file {path}: {exc.strerror or exc}", file=file, key="labels") from None
-    labels = tuple(line.strip() for line in text.splitlines())
-    while labels and not labels[-1]:
-        labels = labels[:-1]
+    labels = labels_from_text(text)
     if not labels:
         raise ConfigError(f"labels file {path} is empty", file=file, key="labels")
     return labels
@@ -192,9 +203,10 @@ def load_sidecar(path: Path) -> ModelSpec:
 
 
 def resolve(model_path: str, metadata: dict[str, str], config_doc: Any | None,
-            config_file: str | None = None) -> ModelSpec:
-    """Pick the model's description: metadata, then sidecar, then config, then defaults. A label file
-    named by `config_doc` was already resolved against the config's folder when it was loaded."""
+            config_file: str | None = None, default: Callable[[], ModelSpec] | None = None) -> ModelSpec:
+    """Pick the model's description: metadata, then sidecar, then config, then `default()` (an engine's
+    reading of the file itself: engines/litert.py) or torchvision's recipe. A label file named by
+    `config_doc` was already resolved against the config's folder when it was loaded."""
     spec = from_metadata(metadata, model_path)
     if spec is not None:
         return spec
@@ -204,5 +216,5 @@ def resolve(model_path: str, metadata: dict[str, str], config_doc: Any | None,
     if config_doc is not None:
         return from_document(config_doc, origin=f"{config_file or 'config'} (model_spec)",
                              base_dir=None, file=config_file)
-    return default_spec()
+    return default() if default is not None else default_spec()
 

@@ -185,6 +185,21 @@ class _ignored:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+def refuse_tflite(backbone: str) -> None:
+    """A .tflite backbone (LiteRT) cannot be cut at its features and re-saved without TensorFlow: say so
+    in one line. Other files go on to the ONNX reader, whose own message names what is wrong."""
+    from edge_runtime.engines import detect
+
+    try:
+        kind = detect(backbone)
+    except ModelError:
+        return
+    if kind == "litert":
+        raise ModelError(backbone, "is a .tflite model; train takes an ONNX backbone (a float ONNX classifier, "
+                         "e.g. `python -m edge_runtime fetch-model`'s MobileNetV3); the daemon runs .tflite "
+                         "models, but cannot train on them")
+
+
 def train(data: str | os.PathLike, backbone: str, output: str | os.PathLike, *,
           features: str | None = None, progress: Callable[[int, int], None] | None = None,
           deadline: float | None = None, cancelled: Callable[[], bool] | None = None,
@@ -206,6 +221,7 @@ def train(data: str | os.PathLike, backbone: str, output: str | os.PathLike, *,
     found = scan(data)
     if not Path(backbone).is_file():
         raise ModelError(backbone, "file not found")
+    refuse_tflite(backbone)
     model = feat.load(backbone)
     props = {p.key: p.value for p in model.metadata_props}
     try:
