@@ -18,6 +18,7 @@ from harness import Daemon, run_daemon
 pytestmark = pytest.mark.slow
 
 MODEL = "mobilenet_v1_0.5_160_quant"
+V2 = "mobilenet_v2_1.0_224_quant.onnx"     # the bench's scene is no photo: this one is sure of it
 FPS = 20.0
 SIZE = 256                  # each photo 256x256; the frame is two of them side by side
 FRAMES = 80
@@ -181,3 +182,24 @@ def test_reload_keeps_the_gates_picture(fixtures, clips, tmp_path):
     final = daemon.final_stats()
     assert final["reloads"] == 1 and final["regions"]["still"]["classified"] == 4
     assert "classify changed" not in daemon.stderr()        # applied, not "takes a restart"
+
+
+def test_bench_gate_prints_the_cpu_ratio_and_compares_the_events(fixtures, tmp_path):
+    """`bench --gate` end to end on a short generated scene (its speed is not asserted: that is what the
+    lead's quiet-machine run is for); both runs' state changes agree."""
+    import subprocess
+    import sys
+
+    from harness import REPO, daemon_env
+
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "bench", "--gate", "--gate-seconds", "4",
+                           "--gate-period", "2", "--model", str(fixtures / "models" / V2), "--out", str(out)],
+                          cwd=REPO, env=daemon_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    gate = json.loads(next(out.glob("bench-*.json")).read_text())["gate"]
+    assert gate["runs"]["ungated"]["frames"] == 80 and gate["runs"]["ungated"]["prediction_lines"] == 160
+    assert gate["runs"]["gated"]["prediction_lines"] < 40 and gate["same_state_changes"] is True
+    # The still region's first state, the door's and its 3 changes (a change every second).
+    assert len(gate["runs"]["gated"]["events"]) == 5 and gate["cpu_ratio"] > 0
+    assert f"with the gate / without = {gate['cpu_ratio']:.3f}" in proc.stdout

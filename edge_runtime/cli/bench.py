@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "--gate-seconds of a still, noisy scene that changes twice a minute, or --video)")
     ap.add_argument("--gate-seconds", type=float, default=120.0, help="length of the --gate clip (each run "
                     "takes this long)")
+    ap.add_argument("--gate-period", type=float, default=30.0,
+                    help="the --gate scene changes every half of this many seconds (30: twice a minute)")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
     return ap
 
@@ -431,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.gate:
                 from edge_runtime.cli.bench_gate import make_scene_video
                 video = Path(args.video) if args.video else \
-                    make_scene_video(tmp_dir / "scene.avi", width, height, args.gate_seconds)
+                    make_scene_video(tmp_dir / "scene.avi", width, height, args.gate_seconds,
+                                     period=args.gate_period)
             else:
                 video = Path(args.video) if args.video else make_video(tmp_dir / "bench.avi", width, height)
             result["video"] = dict(video_info(video), generated=not args.video)
