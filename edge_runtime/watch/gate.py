@@ -21,7 +21,7 @@ Otherwise the region is skipped: no prediction record, its state stands. The ref
 
 Per-pixel difference against the last classified copy, not OpenCV's background subtractor (MOG2),
 chosen by measurement (tests/gate_cost.py: a 640x480 region of a real photo with sensor noise of sigma
-6 grey levels, JPEG'd; on this 2-core x86 while other jobs ran on it, load about 3: noisy, medians of
+6 grey levels; on this 2-core x86 while other jobs ran on it, load about 3: noisy, medians of
 thousands of calls): small copy + difference 0.10 ms a region (the copy 0.09 of it; 0.06 for a 320x480
 half frame), no false change on 19 noisy frames, the change seen; MOG2 on the same small copy 0.12 ms
 on top of the copy; MOG2 on the full region 3.4 ms (p95 7.4), with 2-7% of its pixels "foreground" on
