@@ -203,3 +203,36 @@ def test_bench_gate_prints_the_cpu_ratio_and_compares_the_events(fixtures, tmp_p
     # The still region's first state, the door's and its 3 changes (a change every second).
     assert len(gate["runs"]["gated"]["events"]) == 5 and gate["cpu_ratio"] > 0
     assert f"with the gate / without = {gate['cpu_ratio']:.3f}" in proc.stdout
+
+
+def test_two_lanes_gate_as_one_lane(fixtures, clips):
+    """A file read as fast as it goes (2 lanes): the gate decides in frame order, so the same frames are
+    classified as when paced, and the same state changes come."""
+    runs = [run_daemon("--model", model(fixtures), "--source", clips["changes"], "--top-k", "1", *REGIONS, *paced,
+                       "--classify-motion", timeout=120) for paced in ([], ["--realtime"])]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+    assert "2 lanes" in runs[0].stderr, runs[0].stderr
+    fast, paced = ({n: classified(r, n) for n in ("still", "door")} for r in runs)
+    assert fast == paced and len(fast["door"]) == 12, fast
+    assert [(e["region"], e["to"], e["frame"]) for e in events(runs[0])] == \
+        [(e["region"], e["to"], e["frame"]) for e in events(runs[1])]
+
+
+def test_whole_frame_batches_hold_only_the_changed_frames(channel_model, tmp_path):
+    """The whole frame in batches of 4 (a model with a dynamic batch axis, 2 lanes): red, green, blue, 10
+    noisy frames each. Gated, each colour's first 4 frames are classified, the same events come as without
+    the gate, and the skipped frames give no line."""
+    colours = [np.full((240, 320, 3), c, np.float32) for c in ((40, 40, 200), (40, 200, 40), (200, 40, 40))]
+    clip = write_clip(tmp_path / "colours.avi", [colours[i // 10] for i in range(30)])
+    runs = {gate: run_daemon("--model", channel_model, "--source", clip, "--top-k", "1", gate, timeout=120)
+            for gate in ("--no-classify-motion", "--classify-motion")}
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+    gated, ungated = runs["--classify-motion"], runs["--no-classify-motion"]
+    assert "4 frame(s) per inference" in gated.stderr, gated.stderr
+    assert classified(gated, "frame") == [0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
+    assert len(ungated.predictions) == 30
+    assert [(e["to"], e["frame"]) for e in events(gated)] == [(e["to"], e["frame"]) for e in events(ungated)] == \
+        [("red", 2), ("green", 12), ("blue", 22)]
+    assert gated.stats[-1]["frames_gated"] == 18 and gated.stats[-1]["frames_processed"] == 12
