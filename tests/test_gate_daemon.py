@@ -236,3 +236,31 @@ def test_whole_frame_batches_hold_only_the_changed_frames(channel_model, tmp_pat
     assert [(e["to"], e["frame"]) for e in events(gated)] == [(e["to"], e["frame"]) for e in events(ungated)] == \
         [("red", 2), ("green", 12), ("blue", 22)]
     assert gated.stats[-1]["frames_gated"] == 18 and gated.stats[-1]["frames_processed"] == 12
+
+
+def test_a_gated_still_scene_stays_healthy_and_metrics_count(fixtures, clips, tmp_path):
+    """Minutes of nothing to classify are not a stall: /healthz stays 200 (http.unhealthy_after 1 s here), and
+    /metrics counts what was classified and what was skipped, by region."""
+    import urllib.request
+
+    from harness import free_port
+
+    port = free_port()
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(f"classify: {{motion: true}}\nhttp: {{listen: '127.0.0.1:{port}', unhealthy_after: 1}}\n")
+    daemon = Daemon("--config", cfg, "--model", model(fixtures), "--source", clips["static"], "--realtime", "--loop",
+                    "--top-k", "1", "--quiet-predictions", *REGIONS)
+    try:
+        daemon.wait_for(lambda: daemon.log_count("http: live view on"), timeout=60)
+        time.sleep(3.0)         # 60 frames, none classified after the first 4
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200 and json.loads(health.read())["healthy"] is True
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        assert daemon.stop() == 0
+    assert 'edge_runtime_region_classified_total{region="door"} 4.0' in metrics, metrics
+    gated = float(next(line.split()[-1] for line in metrics.splitlines()
+                       if line.startswith('edge_runtime_region_gated_total{region="door"}')))
+    assert gated >= 40
+    assert float(next(line.split()[-1] for line in metrics.splitlines()
+                      if line.startswith("edge_runtime_frames_gated_total"))) >= 40
