@@ -13,7 +13,7 @@ from edge_runtime.core.stats import Stats
 from edge_runtime.util import schema
 from edge_runtime.util.errors import ConfigError
 from edge_runtime.watch.gate import ClassifyConfig, Gate, Gates, RegionClassifyConfig, resolve, small_grey
-from edge_runtime.watch.regions import RegionConfig
+from edge_runtime.watch.regions import RegionConfig, crop
 from edge_runtime.watch.watcher import Watch
 
 ON = ClassifyConfig(motion=True)
@@ -120,7 +120,7 @@ def test_small_grey_copy_of_any_frame_shape(photos):
 def test_gates_choose_only_the_regions_that_changed(photos):
     rng = np.random.default_rng(6)
     left, right = photos["bird.png"], photos["hot_dog.jpg"]
-    gates = Gates({"a": Gate(ON, 0), "b": Gate(ON, 0)}, {"a": (0, 0, 0.5, 1), "b": (0.5, 0, 0.5, 1)})
+    gates = Gates({"a": Gate(ON, 0), "b": Gate(ON, 0)}, {"a": (0, 0, 0.5, 1), "b": (0.5, 0, 0.5, 1)}, crop)
     assert gates.active
     frame = np.hstack([left, right])
     assert gates.choose(noisy(frame, rng), 0.0) == {"a", "b"}

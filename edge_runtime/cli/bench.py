@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['width']}x{v['height']}, {v['frames']} frames, {'paced' if args.gate else 'looped'})")
         if args.gate:
             from edge_runtime.cli.bench_gate import gate_bench
-            result["gate"] = gate_bench(args, threads, video, tmp_dir)
+            result["gate"] = gate_bench(args, threads, video, tmp_dir, daemon_run)
             return write_results(result, out_dir, chart_too=False)
         if args.regions:
             result["regions"] = regions_bench(args, threads, video, tmp_dir)

@@ -49,9 +49,8 @@ def same_changes(a: list, b: list, frames: int = 3) -> bool:
         all(abs(x[3] - y[3]) <= frames for x, y in zip(a, b, strict=False))
 
 
-def gate_bench(args, threads: int, video: Path, tmp_dir: Path) -> dict:
-    from edge_runtime.cli.bench import daemon_run
-
+def gate_bench(args, threads: int, video: Path, tmp_dir: Path, daemon_run) -> dict:
+    """`daemon_run`: bench.daemon_run (passed in: bench imports this module, not the other way round)."""
     settings: list[str] = []
     if not args.video:
         # The generated scene is no photo: an ImageNet model's top-1 for it is sure of itself at 0.2-0.3,

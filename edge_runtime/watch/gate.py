@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -155,11 +155,16 @@ class Gate:
 
 
 class Gates:
-    """The gates of a Watch: one per region (by name), or one for the whole frame."""
+    """The gates of a Watch: one per region (by name), or one for the whole frame.
 
-    def __init__(self, gates: Mapping[str, Gate], boxes: Mapping[str, Sequence[float]] | None = None):
+    `crop(image, box)`: the region's pixels (regions.crop, passed in: regions imports this module's
+    config, and modules do not import each other in a circle)."""
+
+    def __init__(self, gates: Mapping[str, Gate], boxes: Mapping[str, Sequence[float]] | None = None,
+                 crop: Callable[[np.ndarray, Sequence[float]], np.ndarray] | None = None):
         self.gates = dict(gates)
         self.boxes = dict(boxes or {})      # none: the gate sees the whole frame
+        self.crop = crop
 
     @property
     def active(self) -> bool:
@@ -167,13 +172,11 @@ class Gates:
 
     def choose(self, image: np.ndarray, now: float) -> frozenset[str]:
         """The names to classify in this frame (called in frame order)."""
-        from edge_runtime.watch.regions import crop
-
         picked = []
         for name, gate in self.gates.items():
             box = self.boxes.get(name)
             try:
-                region = image if box is None else crop(image, box)
+                region = image if box is None or self.crop is None else self.crop(image, box)
             except (ValueError, AttributeError, IndexError):
                 region = image      # a frame the Preprocessor will refuse: classify, so it says so
             if gate.decide(region, now):

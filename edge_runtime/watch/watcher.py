@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 from edge_runtime.watch.events import FRAME_REGION, RegionState
 from edge_runtime.watch.gate import ClassifyConfig, Gate, Gates, resolve
 from edge_runtime.core.plan import lane_engines
-from edge_runtime.watch.regions import RegionConfig, RegionGroup, group_by_model
+from edge_runtime.watch.regions import RegionConfig, RegionGroup, crop, group_by_model
 from edge_runtime.watch.snapshots import SnapshotWriter
 from edge_runtime.sources import Frame
 
@@ -37,7 +37,7 @@ class Watch:
         # frame order (gate.py). Here, not in the lanes: a reload swaps the lanes, the gates stay.
         self.classify = classify or ClassifyConfig()
         self.gates = Gates({name: Gate(self._gate_settings(name), state.min_frames)
-                            for name, state in self.states.items()}, self.boxes)
+                            for name, state in self.states.items()}, self.boxes, crop)
         self.sinks = list(sinks)
         self.writer = writer
         self.stats = stats
