@@ -18,6 +18,7 @@ from edge_runtime.util import safeio, schema
 from edge_runtime.util.addresses import parse_broker_url, parse_listen
 from edge_runtime.engines.litert import LiteRTOptions
 from edge_runtime.util.errors import ConfigError
+from edge_runtime.watch.gate import ClassifyConfig
 from edge_runtime.watch.regions import RegionConfig, check_unique
 from edge_runtime.util.schema import Invalid, all_of, at_most, between, field, greater_than, one_of
 from edge_runtime.watch.snapshots import SnapshotConfig
@@ -144,6 +145,8 @@ class Config:
     regions: tuple[RegionConfig, ...] = field((), help="named crops of the frame, each classified")
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
     litert: LiteRTOptions = field(default_factory=LiteRTOptions)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig,
+                                     help="the gate: classify only on change or at an interval (watch/gate.py)")
 
     def __post_init__(self):
         if self.source is not None and self.camera is not None:

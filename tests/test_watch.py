@@ -116,8 +116,10 @@ snapshots: {{dir: snaps, max_files: 2}}
     final = result.stats[-1]
     assert final["frames_processed"] == FRAMES
     assert final["regions"] == {
-        "feeder": {"frames": FRAMES, "state": labels["bird"], "score": events[0]["score"], "changes": 1, "refused": 0},
-        "door": {"frames": FRAMES, "state": labels["owl"], "score": change["score"], "changes": 2, "refused": 0}}
+        "feeder": {"frames": FRAMES, "state": labels["bird"], "score": events[0]["score"], "changes": 1, "refused": 0,
+                   "classified": FRAMES, "gated": 0},
+        "door": {"frames": FRAMES, "state": labels["owl"], "score": change["score"], "changes": 2, "refused": 0,
+                 "classified": FRAMES, "gated": 0}}
     assert (final["snapshots_written"], final["snapshots_failed"]) == (3, 0)
     assert "2 region(s): feeder" in result.stderr and "event: door changed from" in result.stderr
 

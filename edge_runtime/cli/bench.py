@@ -270,6 +270,8 @@ def daemon_run(model: str, threads: int, source: str, *extra: str, max_frames: i
         "latency_ms": final["latency_ms"],
         "total_latency_ms": _stat(totals) if totals else None,
         "prediction_lines": len(preds),
+        "cpu_s_per_hour": final.get("cpu_s_per_hour"),
+        "events": [[e["region"], e["from"], e["to"], e["frame"]] for e in lines if e["type"] == "event"],
     }
 
 
@@ -365,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--regions", type=int, metavar="N",
                     help="instead: the cost of N regions (one model) - the daemon classifying N regions of each "
                          "video frame against bare session.run at batch N, in alternating rounds")
+    ap.add_argument("--gate", action="store_true",
+                    help="instead: the classify gate on a static scene - CPU per hour of the daemon watching 2 "
+                         "regions of a 20 fps clip, paced, with and without --classify-motion (the clip: "
+                         "--gate-seconds of a still, noisy scene that changes twice a minute, or --video)")
+    ap.add_argument("--gate-seconds", type=float, default=120.0, help="length of the --gate clip (each run "
+                    "takes this long)")
+    ap.add_argument("--gate-period", type=float, default=30.0,
+                    help="the --gate scene changes every half of this many seconds (30: twice a minute)")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON and PNG results")
     return ap
 
@@ -443,14 +453,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         try:
-            video = Path(args.video) if args.video else make_video(tmp_dir / "bench.avi", width, height)
+            if args.gate:
+                from edge_runtime.cli.bench_gate import make_scene_video
+                video = Path(args.video) if args.video else \
+                    make_scene_video(tmp_dir / "scene.avi", width, height, args.gate_seconds,
+                                     period=args.gate_period)
+            else:
+                video = Path(args.video) if args.video else make_video(tmp_dir / "bench.avi", width, height)
             result["video"] = dict(video_info(video), generated=not args.video)
         except ValueError as exc:
             print(f"--video: {exc}", file=sys.stderr)
             return 2
         v = result["video"]
         print(f"video: {'generated ' if v['generated'] else ''}{v['path']} ({v['codec']}, "
-              f"{v['width']}x{v['height']}, {v['frames']} frames, looped)")
+              f"{v['width']}x{v['height']}, {v['frames']} frames, {'paced' if args.gate else 'looped'})")
+        if args.gate:
+            from edge_runtime.cli.bench_gate import gate_bench
+            result["gate"] = gate_bench(args, threads, video, tmp_dir, daemon_run)
+            return write_results(result, out_dir, chart_too=False)
         if args.regions:
             result["regions"] = regions_bench(args, threads, video, tmp_dir)
             return write_results(result, out_dir, chart_too=False)

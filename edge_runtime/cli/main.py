@@ -28,6 +28,8 @@ FLAG_KEYS = {
     "quiet_predictions": ("quiet_predictions", "--quiet-predictions"),
     "log_predictions": ("log.predictions", "--log-predictions"), "log_level": ("log.level", "--log-level"),
     "mqtt": ("mqtt.url", "--mqtt"), "http": ("http.listen", "--http"),
+    "classify_motion": ("classify.motion", "--classify-motion"),
+    "classify_interval": ("classify.interval", "--classify-interval"),
 }
 
 
@@ -84,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", action="append", metavar="NAME=X,Y,W,H",
                    help="watch a region (repeatable): x, y, width, height as fractions of the frame, classified "
                         "with the top-level model; replaces the config's regions: list")
+    p.add_argument("--classify-motion", action=argparse.BooleanOptionalAction, default=None,
+                   help="the gate: classify the frame (and every region without its own classify:) only when "
+                        "its picture changed, or at --classify-interval")
+    p.add_argument("--classify-interval", type=float, metavar="S",
+                   help="with the gate on, classify at least every S seconds (0: only on change)")
     p.add_argument("--validate-config", action="store_true",
                    help="check the config, model and source string, print the result, exit")
     p.add_argument("--version", action="version", version=f"edge_runtime {__version__}")

@@ -25,6 +25,7 @@ COUNTERS = (
     ("frames_processed", "Frames classified"),
     ("frames_dropped", "Frames replaced by a newer one before inference (live sources)"),
     ("frames_skipped", "Unreadable or unusable frames skipped"),
+    ("frames_gated", "Frames the classify gate skipped whole (nothing changed)"),
     ("source_reconnects", "Times a lost source came back"),
     ("source_losses", "Times the source was lost"),
     ("reloads", "Config and model reloads (SIGHUP) that took effect"),
@@ -153,6 +154,16 @@ class Metrics:
             yield frames
             yield changes
             yield refused
+        gate = s.get_extra("gate")              # the whole frame's classify gate, when on
+        counts = {n: c for n, c in regions.items()} if isinstance(regions, dict) else \
+            {"frame": gate} if isinstance(gate, dict) else {}
+        if counts:
+            for key, doc in (("classified", "Frames in which the region was classified"),
+                             ("gated", "Frames in which the classify gate skipped the region (nothing changed)")):
+                c = CounterMetricFamily(f"edge_runtime_region_{key}", doc, labels=["region"])
+                for name, summary in counts.items():
+                    c.add_metric([name], float(summary.get(key, 0)))
+                yield c
 
         if self.extra_collect is not None:
             yield from self.extra_collect()

@@ -113,6 +113,7 @@ class Taken:
     seq: int
     frames: list[Frame]
     usable: list[tuple[int, float]]
+    picks: list[frozenset[str] | None] | None = None     # per frame: what the gate classifies (None: all)
 
 
 class Pipeline:
@@ -277,24 +278,28 @@ class Pipeline:
                 return None
             if want <= 0:
                 return Taken(0, [], [])
-            frames, usable = self._read(lane, want)
+            frames, usable, picks = self._read(lane, want)
             if not frames:
                 if self._done.is_set():
                     self._raise_source_error()
                     return None
                 self.notifier.watchdog()    # waiting for a live source is healthy
-            return Taken(self.publisher.reserve(len(frames)), frames, usable)
+            return Taken(self.publisher.reserve(len(frames)), frames, usable, picks)
 
     def _raise_source_error(self) -> None:
         if self._done.is_set() and self.feed.error is not None:
             raise self.feed.error
 
-    def _read(self, lane: Lane, want: int) -> tuple[list[Frame], list[tuple[int, float]]]:
+    def _read(self, lane: Lane, want: int) -> tuple[list[Frame], list[tuple[int, float]], list | None]:
         """Up to `want` frames (fewer at the end of the source or a skipped item), each preprocessed into
         the lane's tensor as soon as it is read: a frame just decoded is still in the CPU's cache, and
-        its image can be let go at once. A refused frame's slot is run but not used."""
+        its image can be let go at once. A refused frame's slot is run but not used.
+        With the classify gate on (gate.py), each frame's gate decision is taken here, in read order
+        (under the read lock): what it skips is neither preprocessed nor run."""
         frames: list[Frame] = []
         usable: list[tuple[int, float]] = []
+        gates = self.watch.gates if self.watch is not None and self.watch.gates.active else None
+        picks: list | None = [] if gates is not None else None
         while len(frames) < want:
             frame = self.feed.get(timeout=0.25)
             if frame is None:
@@ -303,6 +308,13 @@ class Pipeline:
                 break
             slot = len(frames)
             frames.append(frame)
+            if gates is not None:
+                chosen = gates.choose(frame.image, frame.mono)
+                picks.append(chosen)
+                if not chosen:          # nothing changed: the whole frame is skipped
+                    if not self._keep_images:
+                        frame.image = None
+                    continue
             if lane.groups:                 # regions: cropped and preprocessed in _infer, from the image
                 usable.append((slot, 0.0))
                 continue
@@ -315,17 +327,20 @@ class Pipeline:
             usable.append((slot, (time.perf_counter() - t0) * 1000.0))
             if not self._keep_images:
                 frame.image = None
-        return frames, usable
+        return frames, usable, picks
 
     def _infer(self, lane: Lane, taken: Taken) -> list[Result]:
         """One session.run for the batch, then each usable frame's top-k."""
+        picks = taken.picks or [None] * len(taken.frames)
         if lane.groups:
-            return [self._infer_regions(lane, frame) for frame in taken.frames]
-        results: list[Result] = [None] * len(taken.frames)
+            return [self._infer_regions(lane, frame, pick) for frame, pick in zip(taken.frames, picks, strict=True)]
+        # A frame the gate skipped: published as gated (no record; its state stands).
+        results: list[Result] = [(f, {}, 0.0, 0.0, 0) if p is not None and not p else None
+                                 for f, p in zip(taken.frames, picks, strict=True)]
         if taken.usable:
             t1 = time.perf_counter()
             with self.turns.released():
-                outputs = lane.engine.run_batch(lane.tensor[:len(taken.frames)])
+                outputs = lane.engine.run_batch(lane.tensor[:taken.usable[-1][0] + 1])
             inf_ms = (time.perf_counter() - t1) * 1000.0    # each frame of the batch waited for the whole run
             for i, pre_ms in taken.usable:
                 try:
@@ -334,14 +349,21 @@ class Pipeline:
                     refuse(self.stats, taken.frames[i].index, exc)
         return results
 
-    def _infer_regions(self, lane: Lane, frame: Frame) -> Result:
-        """The frame's regions, one run per model (RegionGroup); the top-k by region name."""
+    def _infer_regions(self, lane: Lane, frame: Frame, pick: frozenset[str] | None = None) -> Result:
+        """The frame's regions, one run per model (RegionGroup); the top-k by region name. `pick`: the
+        regions the gate classifies (None: all); only those are cropped and batched."""
         tops: dict[str, list] = {}
         pre_ms = inf_ms = 0.0
+        if pick is not None and not pick:
+            return frame, {}, 0.0, 0.0, 0       # gated: nothing changed (the image was let go in _read)
         try:
             refused = []
             for group in lane.groups:
-                for name, top in zip(group.names, group.classify(frame.image, self.turns.released), strict=True):
+                only = None if pick is None else [i for i, name in enumerate(group.names) if name in pick]
+                if only is not None and not only:
+                    continue
+                names = group.names if only is None else [group.names[i] for i in only]
+                for name, top in zip(names, group.classify(frame.image, self.turns.released, only), strict=True):
                     if top is None:
                         refused.append(name)
                     else:

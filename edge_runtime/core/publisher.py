@@ -110,6 +110,9 @@ class Publisher:
 
     def _publish(self, frame: Frame, top: list | dict, pre_ms: float, inf_ms: float, batch: int) -> None:
         now = time.perf_counter()
+        if isinstance(top, dict) and not top:
+            self._gated(now)
+            return
         total_ms = (now - frame.mono) * 1000.0
         latency = {"preprocess": round(pre_ms, 3), "inference": round(inf_ms, 3), "total": round(total_ms, 3)}
         if isinstance(top, dict):       # regions: the whole-frame record with "region" added, one each
@@ -126,6 +129,20 @@ class Publisher:
         if self.processed == 1:
             self.notifier.ready(f"running on {self.source_uri}")
         self.notifier.watchdog()
+        self._count_done()
+
+    def _gated(self, now: float) -> None:
+        """A frame the classify gate skipped whole (nothing changed): no record, every state stands, but
+        the daemon is as alive as after a classified frame (health, watchdog) and max_frames counts it."""
+        self.stats.add("frames_gated")
+        self.last_processed_mono = now
+        self.processed += 1
+        if self.processed == 1:
+            self.notifier.ready(f"running on {self.source_uri}")
+        self.notifier.watchdog()
+        self._count_done()
+
+    def _count_done(self) -> None:
         if self.max_frames is not None and self.processed >= self.max_frames:
             # Everything asked for is out: stop lanes and capture now, or the frames the capture goes
             # on delivering until the main thread notices would be counted as dropped.

@@ -29,6 +29,7 @@ class Stats:
         self.frames_processed = 0
         self.frames_dropped = 0
         self.frames_skipped = 0      # unreadable/unusable frames, warned about
+        self.frames_gated = 0        # frames the classify gate skipped whole (nothing changed; gate.py)
         self.source_reconnects = 0
         self.source_losses = 0
         self.reloads = 0             # SIGHUP reloads that took effect
@@ -43,6 +44,9 @@ class Stats:
         self._last_mono = time.perf_counter()
         self._last_captured = 0
         self._last_processed = 0
+        # Process CPU time (all threads), for CPU seconds per hour: what the classify gate saves.
+        self._started_mono, self._started_cpu = self._last_mono, time.process_time()
+        self._last_cpu = self._started_cpu
         self.extra: dict = {}        # other modules' counters (mqtt drops, ...) merged into the line
 
     def add(self, name: str, n: int = 1) -> None:
@@ -81,7 +85,13 @@ class Stats:
     def snapshot(self, final: bool = False) -> dict:
         """The stats JSON line. FPS is over the time since the previous snapshot (the whole run if final)."""
         now = time.perf_counter()
+        cpu = time.process_time()
         with self._lock:
+            if final:
+                cpu_per_hour = (cpu - self._started_cpu) / max(now - self._started_mono, 1e-9) * 3600.0
+            else:
+                cpu_per_hour = (cpu - self._last_cpu) / max(now - self._last_mono, 1e-9) * 3600.0
+            self._last_cpu = cpu
             if final and self.first_frame_mono is not None:
                 span = max(now - self.first_frame_mono, 1e-9)
                 cap_fps = self.frames_captured / span
@@ -100,10 +110,12 @@ class Stats:
                 "frames_processed": self.frames_processed,
                 "frames_dropped": self.frames_dropped,
                 "frames_skipped": self.frames_skipped,
+                "frames_gated": self.frames_gated,
                 "source_reconnects": self.source_reconnects,
                 "reloads": self.reloads,
                 "reload_failures": self.reload_failures,
                 "fps": {"capture": round(cap_fps, 2), "inference": round(inf_fps, 2)},
+                "cpu_s_per_hour": round(cpu_per_hour, 1),     # process CPU seconds per hour (final: whole run)
                 "latency_ms": {"preprocess": _percentiles(self.preprocess_ms),
                                "inference": _percentiles(self.inference_ms),
                                "inference_per_frame": _percentiles(self.inference_per_frame_ms),

@@ -29,6 +29,7 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
     from edge_runtime.sinks import SinkContext, build_sinks
     from edge_runtime.watch.snapshots import SnapshotWriter
     from edge_runtime.core.stats import Stats
+    from edge_runtime.watch.gate import resolve
     from edge_runtime.watch.watcher import Watch
 
     # Capture and preprocessing already run beside inference; OpenCV's own worker pool would only
@@ -43,6 +44,11 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
         shared = ", one shared session" if plan.lanes > 1 and len(set(engines)) == 1 else ""
         log.info("%d lanes of %d thread(s)%s, %d frame(s) per inference: frames classified side by side, "
                  "published in order", plan.lanes, engines[0].threads, shared, plan.batch)
+    gated = [r.name for r in cfg.regions if resolve(cfg.classify, r.classify).active] if cfg.regions \
+        else ["the whole frame"] if cfg.classify.active else []
+    if gated:
+        log.info("classify gate on for %s: classified only when the picture changes%s", ", ".join(gated),
+                 " or at the interval" if cfg.classify.interval else "")
     if cfg.regions:
         log.info("%d region(s): %s", len(cfg.regions), ", ".join(f"{r.name} {list(r.box)}" for r in cfg.regions))
     stats = Stats()
@@ -54,7 +60,8 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
                               reconnect_initial=cfg.capture.reconnect_initial_delay,
                               reconnect_max=cfg.capture.reconnect_max_delay, paced=plan.paced)
     # States, events and snapshots of the regions (or of the whole frame).
-    watch = Watch(cfg.regions, cfg.publish, sinks, SnapshotWriter.from_config(cfg.snapshots, stats=stats), stats)
+    watch = Watch(cfg.regions, cfg.publish, sinks, SnapshotWriter.from_config(cfg.snapshots, stats=stats), stats,
+                  classify=cfg.classify)
     pipeline = Pipeline(plan.make_source, engines, sinks, options, live=plan.live, source_uri=plan.display_uri,
                         stop=stop, notifier=Notifier(), stats=stats, watch=watch, region_groups=groups)
     context = SinkContext(stats=stats, stop=stop, live=plan.live, model_info=engine.info(),

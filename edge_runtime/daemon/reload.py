@@ -8,7 +8,8 @@ model of another input size) is refused in one line naming the file and the prob
 keeps what it had. systemd hears RELOADING=1 at the start and READY=1 at the end, either way.
 
 What a reload applies: the model and its description (`model`, `model_spec`), `top_k`, `batch`, the
-log level, and each region's model (its file read again; its labels with it), box, threshold(s) and
+log level, the classify gate's settings (`classify:`, top level and per region; each gate keeps its
+picture), and each region's model (its file read again; its labels with it), box, threshold(s) and
 min_frames: the teach loop's last step is a reload. Regions added, removed or renamed take a restart
 (MQTT discovery and the page are set up per region name), as do the other keys (the source, capture,
 threads, lanes, MQTT, HTTP, ...): they are read and checked, and the warning names the key.
@@ -28,7 +29,7 @@ from edge_runtime.util.errors import UserError, first_line, preparing
 
 log = logging.getLogger(__name__)
 
-APPLIED = {"model", "model_spec", "top_k", "batch", "log", "regions"}
+APPLIED = {"model", "model_spec", "top_k", "batch", "log", "regions", "classify"}
 
 
 def _release_freed_memory() -> None:
@@ -104,8 +105,8 @@ class Reloader:
             engines, groups = lane_sessions(cfg, plan, engine, region_engines)
         # Everything is ready: from here on the new model serves.
         self.pipeline.swap(engines, top_k=cfg.top_k, batch=plan.batch, region_groups=groups)
-        if cfg.regions and self.pipeline.watch is not None:
-            self.pipeline.watch.reconfigure(cfg.regions, self.cfg.publish)
+        if self.pipeline.watch is not None:     # the gates keep their pictures and counts (gate.py)
+            self.pipeline.watch.reconfigure(cfg.regions, self.cfg.publish, cfg.classify)
         old_level = self.cfg.log.level
         self.cfg, self.plan = cfg, plan
         self.stats.add("reloads")

@@ -22,6 +22,7 @@ import numpy as np
 from edge_runtime.util import schema
 from edge_runtime.util.errors import ConfigError
 from edge_runtime.util.schema import Invalid, field
+from edge_runtime.watch.gate import RegionClassifyConfig
 
 NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
 # Boxes summed from decimal fractions (0.55 + 0.45) may exceed 1 by a rounding error; crop_pixels clamps.
@@ -72,6 +73,8 @@ class RegionConfig:
     threshold: float | None = field(None, check=_fraction, help="default: publish.threshold")
     min_frames: int | None = field(None, check=_frames, help="default: publish.min_frames")
     thresholds: dict[str, float] | None = field(None, check=_thresholds, help="label -> threshold")
+    classify: RegionClassifyConfig = field(default_factory=RegionClassifyConfig,
+                                           help="this region's gate; unset keys: the top-level classify")
 
 
 def check_unique(regions: Sequence[RegionConfig]) -> None:
@@ -204,15 +207,21 @@ class RegionGroup:
             self._windows = (size, model_windows(self.pre, self.boxes, size[0], size[1]))
         return self._windows[1]
 
-    def classify(self, image: np.ndarray, released=contextlib.nullcontext) -> list[list[dict] | None]:
+    def classify(self, image: np.ndarray, released=contextlib.nullcontext,
+                 only: Sequence[int] | None = None) -> list[list[dict] | None]:
         """Top-k per region, in the group's order; None for a region whose scores hold NaN/inf (refused
         alone: the other regions stand). FrameError for an image the Preprocessor refuses.
-        `released`: entered around each session.run (the pipeline's lanes take turns for the rest)."""
+        `released`: entered around each session.run (the pipeline's lanes take turns for the rest).
+        `only`: the indices of the regions to classify (the classify gate's pick), batched alone; the
+        result is theirs, in that order."""
         start = time.perf_counter()
         image = self._as_bgr(image)         # FrameError for what the Preprocessor refuses, before the windows
         windows = self.windows(image)
+        boxes = self.boxes
+        if only is not None:
+            boxes, windows = [boxes[i] for i in only], [windows[i] for i in only]
         if self.engine.batch_axis_dynamic:
-            batch = fill_batch(self.pre, image, self.boxes, self.tensor, windows)
+            batch = fill_batch(self.pre, image, boxes, self.tensor, windows)
             mid = time.perf_counter()
             with released():
                 outputs = self.engine.run_batch(batch)
@@ -220,7 +229,7 @@ class RegionGroup:
         else:
             rows, pre_s, inf_s = [], 0.0, 0.0
             slot = self.tensor[:1]
-            for i in range(len(self.boxes)):
+            for i in range(len(boxes)):
                 t0 = time.perf_counter()
                 self.pre.fill_window(image, windows[i], slot)
                 t1 = time.perf_counter()

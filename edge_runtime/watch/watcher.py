@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 
 from edge_runtime.watch.events import FRAME_REGION, RegionState
 from edge_runtime.engines.lanes import lane_engines
-from edge_runtime.watch.regions import RegionConfig, RegionGroup, group_by_model
+from edge_runtime.watch.gate import ClassifyConfig, Gate, Gates, resolve
+from edge_runtime.watch.regions import RegionConfig, RegionGroup, crop, group_by_model
 from edge_runtime.watch.snapshots import SnapshotWriter
 from edge_runtime.sources import Frame
 
@@ -27,11 +28,16 @@ class Watch:
     """States of the watched regions (or of the whole frame), the events and the snapshot writer."""
 
     def __init__(self, regions: Sequence[RegionConfig], publish, sinks: Sequence, writer: SnapshotWriter | None,
-                 stats=None):
+                 stats=None, classify: ClassifyConfig | None = None):
         self.regions = tuple(regions)
         self.boxes = {r.name: tuple(r.box) for r in self.regions}
         self.states = {r.name: RegionState.from_config(r, publish) for r in self.regions} \
             or {FRAME_REGION: RegionState.whole_frame(publish)}
+        # The classify gate of each region (or of the whole frame), asked by the pipeline's reader in
+        # frame order (gate.py). Here, not in the lanes: a reload swaps the lanes, the gates stay.
+        self.classify = classify or ClassifyConfig()
+        self.gates = Gates({name: Gate(self._gate_settings(name), state.min_frames)
+                            for name, state in self.states.items()}, self.boxes, crop)
         self.sinks = list(sinks)
         self.writer = writer
         self.stats = stats
@@ -41,18 +47,28 @@ class Watch:
         self._refused = dict.fromkeys(self.states, 0)
         self._refused_lock = threading.Lock()
 
-    def reconfigure(self, regions: Sequence[RegionConfig], publish) -> None:
+    def _gate_settings(self, name: str) -> ClassifyConfig:
+        region = next((r for r in self.regions if r.name == name), None)
+        return resolve(self.classify, region.classify if region is not None else None)
+
+    def reconfigure(self, regions: Sequence[RegionConfig], publish, classify: ClassifyConfig | None = None) -> None:
         """A reload: the same regions (by name) with new boxes or thresholds. Each state keeps its current
         label and counts; only its rule changes (called between two frames, under no lock: a box is
-        one tuple swap, a threshold one float)."""
+        one tuple swap, a threshold one float). Each gate keeps its reference picture and counts."""
         for region in regions:
             state = self.states.get(region.name)
             if state is None:
                 continue
             rule = RegionState.from_config(region, publish)
             state.threshold, state.min_frames, state.thresholds = rule.threshold, rule.min_frames, rule.thresholds
-        self.boxes = {r.name: tuple(r.box) for r in regions}
-        self.regions = tuple(regions)
+        if regions:
+            self.boxes = {r.name: tuple(r.box) for r in regions}
+            self.regions = tuple(regions)
+        if classify is not None:
+            self.classify = classify
+        for name, gate in self.gates.gates.items():
+            gate.reconfigure(self._gate_settings(name), self.states[name].min_frames)
+        self.gates.boxes = dict(self.boxes)
 
     def start(self) -> None:
         if self.writer is not None:
@@ -61,11 +77,22 @@ class Watch:
             # Per-region counts in the stats line, only when regions are configured; asked for when a
             # line is made, not copied on every frame.
             self.stats.set_extra("regions", self.summaries)
+        elif self.stats is not None and self.gates.active:
+            # The whole frame's gate, when on: how many frames it classified and skipped.
+            self.stats.set_extra("gate", self.gates.gates[FRAME_REGION].counts)
 
     def summaries(self) -> dict:
         with self._refused_lock:
             refused = dict(self._refused)
-        return {name: {**state.summary(), "refused": refused.get(name, 0)} for name, state in self.states.items()}
+        return {name: {**state.summary(), "refused": refused.get(name, 0), **self._counts(name, state)}
+                for name, state in self.states.items()}
+
+    def _counts(self, name: str, state: RegionState) -> dict:
+        """Classified and gated (skipped) frames; without the gate, every classified frame is a state's."""
+        gate = self.gates.gates[name]
+        if gate.classified or gate.gated:
+            return gate.counts()
+        return {"classified": state.frames, "gated": 0}
 
     def refused(self, names: Sequence[str]) -> None:
         """Regions of one frame whose scores held NaN/inf (called by a lane)."""
