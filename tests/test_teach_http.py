@@ -249,3 +249,40 @@ def test_the_gallery_api_moves_deletes_and_labels_candidates(tmp_path):
     finally:
         code = daemon.stop()
         assert code == 0, daemon.stderr()[-3000:]
+
+
+def test_the_whole_frame_without_regions(tmp_path):
+    """No regions: the page teaches the whole frame (no ?region=), the top-level model is replaced."""
+    video = make_video(tmp_path / "scene.avi")
+    data = tmp_path / "dataset"
+    rng = np.random.default_rng(13)
+    for label, full in (("empty", False), ("full", True)):
+        (data / label).mkdir(parents=True)
+        for i in range(5):
+            assert cv2.imwrite(str(data / label / f"20261204-1200{i:02d}.000_{i + 1:04d}.jpg"), bin_scene(full, rng))
+    port = free_port()
+    config = write_config(tmp_path, video, data, port)
+    config.write_text(config.read_text().split("regions:")[0])
+    base = f"http://127.0.0.1:{port}"
+
+    def top() -> str | None:
+        try:
+            return jget(base + "/latest")["top"][0]["label"]
+        except (OSError, AssertionError):
+            return None
+    daemon = Daemon("--config", config)
+    try:
+        daemon.wait_for(top, 60)
+        assert top() not in NEW
+        status, body = request(base + "/train?region=bin", "POST")
+        assert status == 400 and b"no regions are configured" in body
+        status, _ = request(base + "/train", "POST")
+        assert status == 202
+        done = wait_trained(base, daemon, "done")
+        assert done["region"] is None and done["images"] == 10 and done["accuracy"] >= 0.9
+        daemon.wait_for(lambda: top() in NEW, 30)
+        assert daemon.log_count("taught model for the whole frame: ") == 1
+        assert len(json.loads((data / ".taught" / "taught.json").read_text())["regions"][""]) == 1
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr()[-3000:]

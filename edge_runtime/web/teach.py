@@ -25,10 +25,10 @@ without regions, all of them. The whole frame is taught only when no regions are
 Unlabeled candidates are kept in memory, not in collect_dir/unlabeled/: a sampler thread looks at the
 latest frame every CANDIDATE_EVERY_S, and a region crop that differs from every kept candidate by at least
 CANDIDATE_MIN_CHANGE grey levels (collect's 32x32 thumbnail test) is kept as a JPEG, MAX_CANDIDATES a
-region, oldest dropped first. Why memory: a camera on a wall changes all day, and writing every distinct
-scene to an SD card nobody looks at would wear it and fill collect_dir; a candidate becomes a file only
-when the user labels it. The cost: at most MAX_CANDIDATES JPEGs a region (a 640x480 crop is ~60 KB:
-~3 MB), and candidates do not survive a restart (they are only candidates).
+region (and at most MAX_CANDIDATE_BYTES of JPEG), oldest dropped first. Why memory: a camera on a wall
+changes all day, and writing every distinct scene to an SD card nobody looks at would wear it and fill
+collect_dir; a candidate becomes a file only when the user labels it. The cost: at most 8 MB a region
+(48 640x480 crops at ~60 KB: ~3 MB), and candidates do not survive a restart (they are only candidates).
 
 Training (teach/train.py's train()) runs in one thread at low priority (os.nice, one onnxruntime thread,
 one BLAS thread) on hard links of the region's pictures in a hidden folder of collect_dir (the dataset is
@@ -67,6 +67,7 @@ FILES = {"/teach": ("teach.html", "text/html; charset=utf-8"),
          "/teach/teach.css": ("teach.css", "text/css; charset=utf-8")}
 
 MAX_CANDIDATES = 48          # per region, in memory, oldest dropped first
+MAX_CANDIDATE_BYTES = 8 << 20   # ... and at most this many JPEG bytes a region (48 full-HD crops would be ~20 MB)
 CANDIDATE_EVERY_S = 1.0      # the sampler looks at the latest frame this often
 CANDIDATE_MIN_CHANGE = 6.0   # grey levels (of 255) from every kept candidate: a distinct scene
 MAX_PER_LABEL = 500          # pictures of one label for one region: the page refuses more, training too
@@ -224,6 +225,8 @@ class Teach:
             with self._cand_lock:
                 self._next_id += 1
                 kept.append(Candidate(self._next_id, record.get("frame"), time.time(), thumb, full.tobytes(), small))
+                while len(kept) > 1 and sum(len(c.jpeg) + len(c.small) for c in kept) > MAX_CANDIDATE_BYTES:
+                    kept.popleft()
 
     def candidates(self, key: str) -> list[Candidate]:
         with self._cand_lock:
