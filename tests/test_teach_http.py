@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.watch.regions import crop
-from harness import FIXTURES, Daemon, free_port
+from harness import FIXTURES, MOSQUITTO, Broker, Daemon, Subscriber, free_port
 from test_train import bin_scene
 
 BACKBONE = FIXTURES / "models" / "mobilenet_v2_1.0_224_float.onnx"
@@ -28,14 +28,14 @@ NEW = {"empty", "full"}
 pytestmark = pytest.mark.skipif(not BACKBONE.exists(), reason="fixtures not available")
 
 
-def make_video(path: Path, frames: int = 31, fps: float = 5.0, seed: int = 7) -> Path:
+def make_video(path: Path, frames: int = 31, fps: float = 5.0, seed: int = 7, block: int = 1) -> Path:
     """Full and empty scenes in turn, each under its own lighting and jitter: the region's picture changes.
     31 frames at 5 fps: the page's sampler (once a second, 5 frames on) comes round to every one of them."""
     rng = np.random.default_rng(seed)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (320, 240))
     assert writer.isOpened()
     for i in range(frames):
-        writer.write(bin_scene(i % 2 == 0, rng))
+        writer.write(bin_scene((i // block) % 2 == 0, rng))
     writer.release()
     return path
 
@@ -285,4 +285,44 @@ def test_the_whole_frame_without_regions(tmp_path):
         assert len(json.loads((data / ".taught" / "taught.json").read_text())["regions"][""]) == 1
     finally:
         code = daemon.stop()
+    assert code == 0, daemon.stderr()[-3000:]
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="needs the Mosquitto broker: apt-get install mosquitto")
+def test_events_and_mqtt_states_use_the_taught_labels(tmp_path):
+    """After a page training, the region's events and its MQTT state carry the new labels; Home Assistant's
+    region sensor (discovery names the region, not its labels) is still announced."""
+    video = make_video(tmp_path / "scene.avi", frames=40, fps=10.0, block=10)    # 1 s full, 1 s empty
+    data = tmp_path / "dataset"
+    make_dataset(data)
+    broker = Broker(tmp_path).start()
+    sub = Subscriber(broker.port)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = write_config(tmp_path, video, data, port)
+    config.write_text(config.read_text() + f"""mqtt: {{url: "mqtt://127.0.0.1:{broker.port}/t/cam", client_id: cam,
+       homeassistant: true}}
+publish: {{threshold: 0.5, min_frames: 2}}
+""")
+    daemon = Daemon("--config", config)
+    try:
+        daemon.wait_for(lambda: region_label(base), 60)
+        status, _ = request(base + "/train?region=bin", "POST")
+        assert status == 202
+        wait_trained(base, daemon, "done")
+        since = time.monotonic()
+        daemon.wait_for(lambda: {p.decode() for p in sub.payloads("t/cam/bin/state", since)} >= NEW, 30)
+        daemon.wait_for(lambda: any(json.loads(p)["to"] in NEW and json.loads(p)["from"] in NEW
+                                    for p in sub.payloads("t/cam/event", since)), 30)
+        events = [json.loads(p) for p in sub.payloads("t/cam/event", since)]
+        assert all(e["region"] == "bin" for e in events)
+        late = Subscriber(broker.port, "homeassistant/#")
+        try:
+            daemon.wait_for(lambda: late.payloads("homeassistant/sensor/cam/region_bin/config"), 10)
+        finally:
+            late.close()
+    finally:
+        code = daemon.stop()
+        sub.close()
+        broker.stop()
     assert code == 0, daemon.stderr()[-3000:]
