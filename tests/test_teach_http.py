@@ -283,6 +283,25 @@ def test_the_whole_frame_without_regions(tmp_path):
         daemon.wait_for(lambda: top() in NEW, 30)
         assert daemon.log_count("taught model for the whole frame: ") == 1
         assert len(json.loads((data / ".taught" / "taught.json").read_text())["regions"][""]) == 1
+
+        # The deploy's reload is refused (here: the config file broken meanwhile): failed, nothing kept.
+        good = config.read_text()
+        config.write_text(good + "top_kk: 3\n")
+        status, _ = request(base + "/train", "POST")
+        assert status == 202
+        failed = wait_trained(base, daemon, "failed")
+        assert "refused the taught model" in failed["error"] and "top_kk" in failed["error"]
+        assert len(json.loads((data / ".taught" / "taught.json").read_text())["regions"][""]) == 1
+        assert len(list((data / ".taught").glob("*.onnx"))) == 1 and top() in NEW
+        config.write_text(good)
+
+        # Too few pictures: one clear line naming the labels, nothing written.
+        for p in sorted((data / "full").iterdir())[1:]:
+            p.rename(tmp_path / p.name)
+        status, _ = request(base + "/train", "POST")
+        failed = wait_trained(base, daemon, "failed")
+        assert "full (1)" in failed["error"] and "at least 2 pictures each" in failed["error"], failed
+        assert ".train" not in failed["error"]
     finally:
         code = daemon.stop()
     assert code == 0, daemon.stderr()[-3000:]

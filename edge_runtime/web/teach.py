@@ -525,6 +525,7 @@ class Teach:
             why = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {first_line(exc)}"
             if isinstance(exc, MemoryError):
                 why = "out of memory"
+            why = why.replace(str(work), str(self.root))     # name the user's picture, not its hard link
             log.error("teach: training %s failed, the running model is unchanged: %s", taught.describe(key), why)
             self.training.update(state="failed", error=why, seconds=round(time.monotonic() - started, 2))
         else:
@@ -561,6 +562,13 @@ class Teach:
                 except OSError:
                     shutil.copy2(self.root / label / name, work / label / name)
             images[label] = len(names)
+        few = [f"{label} ({n})" for label, n in images.items() if n < teach_train.MIN_PER_LABEL]
+        if len(images) < 2 or few:
+            raise teach_train.TrainError(
+                f"{taught.describe(key)} has pictures of {len(images)} label(s)"
+                + (f" ({', '.join(f'{k} ({n})' for k, n in images.items())})" if images else "")
+                + f"; training needs at least 2 labels with at least {teach_train.MIN_PER_LABEL} pictures each "
+                f"({teach_train.RECOMMENDED_PER_LABEL}+ recommended)")
         if len(images) > MAX_LABELS:
             raise teach_train.TrainError(f"{len(images)} labels have pictures of {taught.describe(key)}; at most "
                                          f"{MAX_LABELS} at once")
