@@ -245,7 +245,27 @@ def test_the_gallery_api_moves_deletes_and_labels_candidates(tmp_path):
         overview = jget(base + "/teach/api/overview?region=bin")
         assert {lab["name"]: lab["count"] for lab in overview["labels"]} == {"empty": 5, "full": 3, "lid_open": 0}
         assert jget(base + "/teach/api/candidates?region=bin")["max"] == 48
-        time.sleep(0.1)
+
+        # Hostile requests: one clear error each, nothing touched.
+        before = dataset_files(data)
+        many = "&".join(f"name=bin_20261204-120000.000_{i:04d}.jpg" for i in range(300))
+        for url, method, want in (
+                (f"/teach/api/delete?region=bin&from=empty&{many}", "POST", 400),      # > 200 at once
+                ("/teach/api/delete?region=bin&from=empty&name=gate_20261204-120000.000_0001.jpg", "POST", 400),
+                ("/teach/api/delete?region=bin&from=empty&name=.hidden.jpg", "POST", 400),
+                ("/teach/api/delete?region=bin&from=/etc&name=bin_20261204-120000.000_0001.jpg", "POST", 400),
+                ("/teach/api/assign?region=bin&to=empty&id=x", "POST", 400),
+                ("/teach/api/assign?region=bin&to=empty&id=999999", "POST", 200),     # gone: 0 saved
+                ("/teach/candidate?region=bin&id=999999", "GET", 404),
+                ("/teach/api/pictures?region=bin&label=empty&page=-5", "GET", 200),
+                ("/teach/api/pictures?region=bin&label=empty&label=full", "GET", 400),
+                ("/teach/api/overview?region=../bin", "GET", 400),
+                ("/teach/nothing", "GET", 404),
+                ("/train/nothing", "POST", 404)):
+            status, body = request(base + url, method)
+            assert status == want, (url, status, body)
+            assert b"Traceback" not in body and json.loads(body)
+        assert dataset_files(data) == before
     finally:
         code = daemon.stop()
         assert code == 0, daemon.stderr()[-3000:]

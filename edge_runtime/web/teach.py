@@ -78,6 +78,8 @@ PER_PAGE = 48                # gallery page
 THUMB_SIDE = 160
 THUMB_CACHE = 512            # thumbnails kept encoded (about 6 KB each)
 NICE = 10                    # the training thread's niceness: inference first
+POST_PATHS = ("/train", "/train/rollback", "/teach/api/labels", "/teach/api/assign", "/teach/api/discard",
+              "/teach/api/move", "/teach/api/delete")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(jpg|jpeg|png)", re.IGNORECASE)
 
 
@@ -363,6 +365,8 @@ class Teach:
         raise Refused(404, "not found")
 
     def _post(self, path: str, params: dict):
+        if path not in POST_PATHS:
+            raise Refused(404, "not found")
         if path == "/train":
             return self.start_training(self.key_for(params))
         if path == "/train/rollback":
