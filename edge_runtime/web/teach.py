@@ -225,6 +225,8 @@ class Teach:
                 continue
             small = self._encode_thumb(part)
             with self._cand_lock:
+                if any(collect.difference(thumb, c.thumb) < CANDIDATE_MIN_CHANGE for c in kept):
+                    continue            # another caller kept this scene meanwhile
                 self._next_id += 1
                 kept.append(Candidate(self._next_id, record.get("frame"), time.time(), thumb, full.tobytes(), small))
                 while len(kept) > 1 and sum(len(c.jpeg) + len(c.small) for c in kept) > MAX_CANDIDATE_BYTES:
