@@ -91,3 +91,18 @@ def test_a_label_with_hundreds_of_pictures_is_paged(tmp_path):
         assert overview["labels"] == [{"name": "open", "count": 300}]
     finally:
         sink.close()
+
+
+def test_a_training_cut_short_leaves_nothing_at_the_next_start(tmp_path):
+    data = tmp_path / "dataset"
+    (data / "open").mkdir(parents=True)
+    picture = data / "open" / "door_20261204-100000.000_0001.jpg"
+    picture.write_bytes(cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))[1].tobytes())
+    (data / ".train-999" / "open").mkdir(parents=True)
+    (data / ".train-999" / "open" / picture.name).hardlink_to(picture)
+    (data / ".taught").mkdir()
+    (data / ".taught" / ".door-20261204-100000.onnx.x1y2.tmp").write_bytes(b"half a model")
+    sink = start(tmp_path)
+    sink.close()
+    assert not (data / ".train-999").exists() and not list((data / ".taught").iterdir())
+    assert picture.read_bytes()[:2] == b"\xff\xd8"

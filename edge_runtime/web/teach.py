@@ -138,8 +138,18 @@ class Teach:
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self._pages: dict[str, bytes] = {}
+        self._clean_leftovers()
         self._sampler = threading.Thread(target=self._sample_loop, name="teach-candidates", daemon=True)
         self._sampler.start()
+
+    def _clean_leftovers(self) -> None:
+        """A daemon stopped mid-training leaves its folder of hard links (never the pictures themselves) and
+        perhaps train()'s hidden temp file: both are removed at the next start."""
+        for stale in self.root.glob(".train-*") if self.root.is_dir() else ():
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.state_dir.glob(".*.tmp") if self.state_dir.is_dir() else ():
+            stale.unlink(missing_ok=True)
 
     # -- regions and pictures --
 
