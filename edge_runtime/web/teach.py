@@ -274,6 +274,8 @@ class Teach:
             st = path.lstat()
         except OSError:
             return None
+        if not os.path.isfile(path) or path.is_symlink():      # the gallery lists plain files only
+            return None
         cache_key = (str(path), st.st_mtime_ns, st.st_size)
         with self._thumbs_lock:
             if cache_key in self._thumbs:
@@ -638,11 +640,12 @@ class Teach:
         with self.training.lock:
             if self.training.state["state"] == "running":
                 return _json(409, {"error": "a training is running; roll back when it is done"})
+            shown = dict(self.training.state)       # GET /train keeps showing the last training's result
             self.training.state.update(state="running", region=key or None, progress=0.0, error=None)
         try:
             history = self.store.history(key)
             if not history:
-                self.training.update(state="idle", progress=0.0)
+                self.training.update(**shown)
                 return _json(409, {"error": f"{taught.describe(key)} runs the config's model: nothing to roll back"})
             last = self.store.pop(key)
             why = self.deploy()
