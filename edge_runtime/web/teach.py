@@ -31,12 +31,12 @@ collect_dir; a candidate becomes a file only when the user labels it. The cost: 
 (48 640x480 crops at ~60 KB: ~3 MB), and candidates do not survive a restart (they are only candidates).
 
 Training (teach/train.py's train()) runs in one thread at low priority (os.nice, one onnxruntime thread,
-one BLAS thread) on hard links of the region's pictures in a hidden folder of collect_dir (the dataset is
-never moved or changed by a training, and pictures moved or deleted meanwhile do not break it). The model
-is written into the state folder (teach/taught.py), recorded as the region's model in use and deployed by
-the daemon's own reload (SinkContext.reload: new sessions warmed beside the running ones, swapped between
-two frames, camera open). Any failure, the reload's refusal included, leaves the running model and the
-state as they were: state `failed` with the reason.
+the head fit on one BLAS thread with threadpoolctl) on hard links of the region's pictures in a hidden
+folder of collect_dir (the dataset is never moved or changed by a training, and pictures moved or
+deleted meanwhile do not break it). The model is written into the state folder (teach/taught.py),
+recorded as the region's model in use and deployed by the daemon's own reload (SinkContext.reload: new
+sessions warmed beside the running ones, swapped between two frames, camera open). Any failure, the
+reload's refusal included, leaves the running model and the state as they were: state `failed` with the reason.
 """
 
 from __future__ import annotations
