@@ -71,7 +71,7 @@ def test_teach_a_region_in_chromium(tmp_path):
         # Label the candidates in bulk, as they come: select all of one kind, one press each.
         counts = {"empty": 0, "full": 0}
         deadline = time.monotonic() + 90
-        while min(counts.values()) < 5:
+        while min(counts.values()) < 6:
             assert time.monotonic() < deadline, f"not enough candidates of each kind: {counts}"
             ids = json.loads(js(browser, page, "JSON.stringify([...document.querySelectorAll('#candidates .cand')]"
                                                ".map(d => Number(d.dataset.id)))") or "[]")
@@ -96,6 +96,21 @@ def test_teach_a_region_in_chromium(tmp_path):
                                                   ".textContent") or 0) for name in counts}
         assert sum(1 for p in (data / "full").iterdir()) == counts["full"]
         assert all(p.name.startswith("bin_") for p in (data / "empty").iterdir())
+
+        # The gallery: pick the label's tab, select a picture, move it out of the training set.
+        tab = "document.querySelector('#gallerytabs [data-label=\"empty\"]')"
+        wait(lambda: js(browser, page, f"!!{tab}"), 10, "the gallery's tabs")
+        js(browser, page, f"{tab}.click()")
+        first = wait(lambda: js(browser, page, "(document.querySelector('#gallery .pic') || {}).dataset?.name"), 10,
+                     "the gallery's pictures")
+        assert first.startswith("bin_") and (data / "empty" / first).is_file()
+        js(browser, page, f"""(() => {{ document.querySelector('#gallery .pic[data-name="{first}"]').click();
+            document.getElementById('moveto').value = 'unlabeled';
+            document.getElementById('move').click(); return true; }})()""")
+        wait(lambda: (data / "unlabeled" / first).is_file(), 10, "the picture to move to unlabeled/")
+        assert not (data / "empty" / first).exists()
+        wait(lambda: "1 moved to unlabeled" in (js(browser, page, "document.getElementById('galstatus').textContent")
+                                               or ""), 10, "the page to confirm the move")
 
         # Train: the button, the progress, the accuracy.
         js(browser, page, "document.getElementById('train').click()")
