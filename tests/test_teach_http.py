@@ -209,6 +209,10 @@ def test_the_gallery_api_moves_deletes_and_labels_candidates(tmp_path):
         assert status == 200 and full.shape[:2] == (168, 160)        # the region's crop at the source's size
         status, page = request(base + "/teach")
         assert status == 200 and b"teach.js" in page and b"cdn" not in page.lower()
+        with urllib.request.urlopen(base + "/teach", timeout=10) as r:      # the live page's strict policy
+            assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+            assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        assert b"<script>" not in page and b"style=" not in page                 # nothing inline to allow
 
         chosen = [str(i["id"]) for i in items[:3]]
         status, body = request(base + "/teach/api/assign?region=bin&to=empty&" + "&".join(f"id={i}" for i in chosen),

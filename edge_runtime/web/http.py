@@ -453,7 +453,7 @@ class HttpSink(Sink):
         self._started = time.perf_counter()
         if self.cfg.collect_dir:
             from edge_runtime.web.teach import Teach
-            self.teach = Teach(self)
+            self.teach = Teach(self, same_origin)
         try:
             self._server = _Server((self.host, self.port), _Handler, self, self.cfg.max_connections)
         except OSError as exc:

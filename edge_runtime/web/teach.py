@@ -2,7 +2,8 @@
 
 With http.collect_dir set, HttpSink hands GET/POST requests under /teach and /train to Teach.route():
 
-  GET  /teach                      the page (data/teach.html, teach.js, teach.css: no CDN, works offline)
+  GET  /teach                      the page (web/static/teach.html, teach.js, teach.css: no CDN, works
+                                   offline, under the live page's strict Content-Security-Policy)
   GET  /teach/api/overview?region=R    labels with this region's picture counts, candidates, bounds, the
                                    taught model in use, the training state
   GET  /teach/api/pictures?region=R&label=L&page=N   one page of a label's pictures (newest first)
@@ -61,7 +62,13 @@ from edge_runtime.util.jsonline import dumps
 
 log = logging.getLogger("edge_runtime.teach")
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+STATIC = Path(__file__).resolve().parent / "static"
+# The live page's policy (scripts and styles from this server only, no inline script, no framing): the
+# page builds its DOM with textContent, and with this an injected string could neither run nor load.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; frame-ancestors 'none'")
+PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "same-origin"}
 FILES = {"/teach": ("teach.html", "text/html; charset=utf-8"),
          "/teach/teach.js": ("teach.js", "text/javascript; charset=utf-8"),
          "/teach/teach.css": ("teach.css", "text/css; charset=utf-8")}
@@ -123,9 +130,12 @@ class Training:
 
 
 class Teach:
-    def __init__(self, sink):
-        """`sink`: the HttpSink (its config, context, latest frame). Starts the candidate sampler."""
+    def __init__(self, sink, same_origin):
+        """`sink`: the HttpSink (its config, context, latest frame); `same_origin(headers)`: /collect's rule
+        for every POST (passed in: web/http.py imports this module, not the other way round). Starts the
+        candidate sampler."""
         self.sink = sink
+        self.same_origin = same_origin
         self.root = Path(sink.cfg.collect_dir).expanduser()
         self.state_dir = Path(sink.cfg.state_dir).expanduser() if sink.cfg.state_dir else self.root / taught.DEFAULT_DIR
         self.store = taught.Store(self.state_dir)
@@ -298,8 +308,8 @@ class Teach:
 
     # -- routing --
 
-    def route(self, method: str, path: str, query: str, headers) -> tuple[int, bytes, str] | None:
-        """(status, body, content type) for /teach... and /train...; None for other paths."""
+    def route(self, method: str, path: str, query: str, headers) -> tuple | None:
+        """(status, body, content type[, headers]) for /teach... and /train...; None for other paths."""
         if not (path == "/teach" or path.startswith("/teach/") or path == "/train" or path.startswith("/train/")):
             return None
         try:
@@ -309,9 +319,7 @@ class Teach:
             return _json(400, {"error": f"bad query (at most {MAX_SELECT} pictures at once)"})
         try:
             if method == "POST":
-                from edge_runtime.web.http import same_origin
-
-                if not same_origin(headers):
+                if not self.same_origin(headers):
                     return _json(403, {"error": "cross-site request refused: its Origin (or Referer) is not this page"})
                 return self._post(path, params)
             return self._get(path, params)
@@ -332,8 +340,12 @@ class Teach:
         if path in FILES:
             name, ctype = FILES[path]
             if name not in self._pages:
-                self._pages[name] = (DATA / name).read_bytes()
-            return 200, self._pages[name], ctype
+                try:
+                    self._pages[name] = (STATIC / name).read_bytes()
+                except OSError as exc:
+                    log.error("http: the Teach page's file %s cannot be read: %s", STATIC / name, exc.strerror or exc)
+                    raise Refused(500, f"the page's file {name} is missing from the installation") from None
+            return 200, self._pages[name], ctype, PAGE_HEADERS
         if path == "/train":
             return _json(200, self.training.snapshot())
         if path == "/teach/api/overview":
