@@ -118,6 +118,8 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = field((), help="extra Host names to serve (DNS names this device is reached by)")
     collect_dir: str | None = field(None, help="dataset folder for the live page's 'save this frame as' control "
                                               "(DIR/LABEL/*.jpg, as `collect`); unset: off")
+    state_dir: str | None = field(None, help="the Teach page's taught models and which region runs which "
+                                            "(default: collect_dir/.taught); never the config file")
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
 # that file's folder; a path given on the command line, to the current directory. (A source is a URI,
 # not a path: `source:` is taken as written.)
 # `list[].key`: that key of every mapping in the list.
-PATH_KEYS = ("model", "model_spec.labels", "mqtt.ca_file", "regions[].model", "snapshots.dir", "http.collect_dir")
+PATH_KEYS = ("model", "model_spec.labels", "mqtt.ca_file", "regions[].model", "snapshots.dir", "http.collect_dir",
+             "http.state_dir")
 
 
 def _path_nodes(data: dict, parents: list[str]) -> list:

@@ -170,7 +170,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     flag_names = {key: flag for key, flag in FLAG_KEYS.values()}
 
     def load_config():
-        return config_mod.load(args.config, overrides_from(args), flag_names)
+        from edge_runtime.teach import taught
+
+        # The Teach page's taught models over the config's (the file is never rewritten): at start and reload.
+        return taught.apply(config_mod.load(args.config, overrides_from(args), flag_names))
 
     cfg = load_config()
     setup_logging(cfg.log.level)
@@ -185,10 +188,16 @@ def run_daemon(args: argparse.Namespace) -> int:
         return EXIT_OK
     from edge_runtime.daemon.assemble import assemble
 
-    pipeline, sinks = assemble(cfg, plan, engine, region_engines, stop=STOP)
+    reloaders: list = []        # the Teach page's deploys reload through the reloader made below
+
+    def reload_now():
+        return reloaders[0].reload_now() if reloaders else "the daemon is still starting"
+
+    pipeline, sinks = assemble(cfg, plan, engine, region_engines, stop=STOP, reload=reload_now)
     del engine, region_engines      # the lanes hold them: a reload must be able to let them go
     reloader = Reloader(load_config, cfg, plan, pipeline, sinks, pipeline.stats, pipeline.notifier,
                         apply_log_level=setup_logging)
+    reloaders.append(reloader)
     reloader.requested = RELOAD
     reloader.start()
     log.info("source: %s (%s); ready in %.2f s", plan.display_uri, "live" if plan.live else "frame by frame",

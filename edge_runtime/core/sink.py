@@ -38,6 +38,9 @@ class SinkContext:
     regions: tuple = ()                      # config.Config.regions: names and boxes of the watched regions
     # snapshot_reader(file name) -> the JPEG's bytes, or None (not ours, not there, snapshots off)
     snapshot_reader: Callable[[str], bytes | None] | None = None
+    # reload() -> None once a reload (the config, the models, the taught models) took effect, else why not;
+    # the Teach page deploys a taught model by it. None: no reloader (tools, tests).
+    reload: Callable[[], str | None] | None = None
 
 
 class Sink:

@@ -20,7 +20,7 @@ def warn_untrained(engine) -> None:
             log.warning(line)
 
 
-def assemble(cfg, plan, engine, region_engines=None, *, stop):
+def assemble(cfg, plan, engine, region_engines=None, *, stop, reload=None):
     """Warm the lanes' sessions, start the sinks, assemble the pipeline. Returns it and the sinks."""
     import cv2
 
@@ -66,7 +66,7 @@ def assemble(cfg, plan, engine, region_engines=None, *, stop):
                         stop=stop, notifier=Notifier(), stats=stats, watch=watch, region_groups=groups)
     context = SinkContext(stats=stats, stop=stop, live=plan.live, model_info=engine.info(),
                           health=pipeline.health, regions=cfg.regions,
-                          snapshot_reader=watch.writer.read if watch.writer else None)
+                          snapshot_reader=watch.writer.read if watch.writer else None, reload=reload)
     for sink in sinks:
         sink.start(context)
     watch.start()

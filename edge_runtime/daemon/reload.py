@@ -55,6 +55,9 @@ class Reloader:
         self.notifier = notifier
         self.apply_log_level = apply_log_level
         self.requested = threading.Event()
+        self.last_error: str | None = None
+        self._waiters: list[threading.Event] = []       # reload_now() callers, told when their reload is done
+        self._waiters_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="reloader", daemon=True)
 
     def start(self) -> "Reloader":
@@ -65,7 +68,22 @@ class Reloader:
         while not self.pipeline.stop.is_set():
             if self.requested.wait(0.25) and not self.pipeline.stop.is_set():
                 self.requested.clear()
+                with self._waiters_lock:        # those who asked before this reload read the files
+                    waiters, self._waiters = self._waiters, []
                 self.reload()
+                for done in waiters:
+                    done.set()
+
+    def reload_now(self, timeout: float = 300.0) -> str | None:
+        """A reload in the reloader's own thread (so never two at once, SIGHUP's included), waited for:
+        None when it took effect, else the reason it was refused. For the Teach page's deploy and rollback."""
+        done = threading.Event()
+        with self._waiters_lock:
+            self._waiters.append(done)
+        self.requested.set()
+        if not done.wait(timeout):
+            return f"the reload did not finish within {timeout:.0f} s"
+        return self.last_error
 
     def reload(self) -> bool:
         """One reload; True when it took effect. It never raises: whatever goes wrong (a UserError, or
@@ -74,13 +92,16 @@ class Reloader:
         SIGHUP is served (an exception escaping here would end the reloader thread for good)."""
         self.notifier.reloading()
         log.info("reload: reading the config and the model again")
+        self.last_error = None
         try:
             return self._reload()
         except UserError as exc:
+            self.last_error = str(exc)
             self.stats.add("reload_failures")
             log.error("reload refused, still running with the previous config and model: %s", exc)
             return False
         except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {first_line(exc)}"
             self.stats.add("reload_failures")
             log.error("reload failed unexpectedly, still running with the previous config and model: %s: %s",
                       type(exc).__name__, first_line(exc))

@@ -367,6 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(sink)
             elif (reply := sink.watch_route(path)) is not None:      # /events, /snapshots/<file>
                 self._send(*reply)
+            elif sink.teach and (reply := sink.teach.route("GET", path, self.path.partition("?")[2],
+                                                           self.headers)) is not None:   # web/teach.py
+                self._send(*reply)
             else:
                 self._json(404, {"error": "not found",
                                  "endpoints": ["/", "/metrics", "/healthz", "/latest", "/stats.json",
@@ -385,6 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/collect":
                 self._json(*sink.collect_request(query, self.headers))
+            elif sink.teach and (reply := sink.teach.route("POST", path, query, self.headers)) is not None:
+                self._send(*reply)
             else:
                 self._json(404, {"error": "not found", "endpoints": ["POST /collect"]})
         except OSError:
@@ -442,6 +447,7 @@ class HttpSink(Sink):
         self._region_latest: dict[str, dict] = {}               # region -> its last record
         self._last_frame = -1
         self._collect_lock = threading.Lock()
+        self.teach = None           # web/teach.py's Teach page, with collect_dir
 
     def start(self, context: SinkContext) -> "HttpSink":
         """Bind, serve in a thread of its own. The context gives health and model info."""
@@ -452,6 +458,9 @@ class HttpSink(Sink):
         self.metrics = Metrics(self.stats_obj, model_info=context.model_info or None, health=self.health)
         self.metrics.extra_collect = self._collect
         self._started = time.perf_counter()
+        if self.cfg.collect_dir:
+            from edge_runtime.web.teach import Teach
+            self.teach = Teach(self, same_origin)
         try:
             self._server = _Server((self.host, self.port), _Handler, self, self.cfg.max_connections)
         except OSError as exc:
