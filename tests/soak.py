@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_runtime.cli.bench import make_video  # noqa: E402
+from edge_runtime.cli.bench.measure import make_video  # noqa: E402
 
 RSS_LIMIT_MB = 5.0
 WARMUP_S = 60.0

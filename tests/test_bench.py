@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, daemon_env
-from edge_runtime.cli.bench import KERNEL_FEATURES, make_video, video_info
+from edge_runtime.cli.bench.measure import KERNEL_FEATURES, make_video, video_info
 
 
 def test_bench_writes_json_and_chart(tiny_model, video_file, tmp_path):
@@ -115,7 +115,7 @@ def test_bench_regions_compares_with_bare_batch_n(tiny_model, video_file, tmp_pa
 def test_bench_takes_the_daemons_config_and_flags(tmp_path, monkeypatch, capsys):
     """--config: the daemon's model (relative to the file) and threads; --model/--threads on top; a wrong
     config is the daemon's one line, exit 2. Without either, the model is found from any folder."""
-    from edge_runtime.cli import bench
+    from edge_runtime.cli.bench import command as bench
 
     (tmp_path / "etc").mkdir()
     config = tmp_path / "etc" / "config.yaml"

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import FIXTURES, REPO, daemon_env, run_daemon
-from edge_runtime.cli.bench import flag_noise
+from edge_runtime.cli.bench.command import flag_noise
 
 pytestmark = pytest.mark.slow
 

@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-model": ("edge_runtime.modelzoo.fetch", "MobileNetV3 ImageNet weights, no PyTorch needed"),
     "collect": ("edge_runtime.teach.collect", "pictures for your own classes"),
     "train": ("edge_runtime.teach.train", "teach them on the board"),
-    "bench": ("edge_runtime.cli.bench", "the daemon's speed against a bare session.run"),
+    "bench": ("edge_runtime.cli.bench.command", "the daemon's speed against a bare session.run"),
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.cli.bench.measure import daemon_run
 from edge_runtime.engines import load_engine
 
 COMPARE_FRAMES = 64     # decoded once, each model's tensors made from the same images
@@ -46,9 +47,8 @@ def _bare(engine, tensors: list[np.ndarray], seconds: float) -> dict:
             "p95_ms": round(float(np.percentile(samples, 95)), 4)}
 
 
-def compare_models(args, models: list[str], threads: int, video: Path, tmp_dir: Path, daemon_run) -> dict:
-    """The comparison, printed as a table and returned for the JSON. ModelError for a model that cannot load.
-    `daemon_run` is bench's own (passed in: bench imports this module, not the other way round)."""
+def compare_models(args, models: list[str], threads: int, video: Path, tmp_dir: Path) -> dict:
+    """The comparison, printed as a table and returned for the JSON. ModelError for a model that cannot load."""
     from edge_runtime.engines.postprocess import Postprocessor
     from edge_runtime.engines.preprocess import Preprocessor
 
