@@ -20,6 +20,9 @@ the regions' states in frame order, and the events go to the sinks.
 
 The main thread supervises: stats lines, stall detection of the capture thread, shutdown. Health
 for /healthz is judged in health.py from what the pipeline observes.
+
+Why one file of ~420 lines: the data path is meant to read in one place, top to bottom; the parts it
+drives (capture, publisher, plan, health, the watcher) live beside it.
 """
 
 from __future__ import annotations

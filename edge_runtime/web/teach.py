@@ -38,6 +38,10 @@ deleted meanwhile do not break it). The model is written into the state folder (
 recorded as the region's model in use and deployed by the daemon's own reload (SinkContext.reload: new
 sessions warmed beside the running ones, swapped between two frames, camera open). Any failure, the
 reload's refusal included, leaves the running model and the state as they were: state `failed` with the reason.
+
+Why one file of ~680 lines for now: one page's routes, candidates and training job share one state (the
+region's pictures and the job); when web/ gets its route table (docs/ARCHITECTURE.md), the routes move to
+plain functions and the job to teach/.
 """
 
 from __future__ import annotations
