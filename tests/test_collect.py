@@ -173,7 +173,7 @@ def test_a_stream_that_cannot_be_opened_is_one_line_without_its_password(tmp_pat
                      "--label", "x")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("ERROR") and "cannot open source rtsp://viewer:***@127.0.0.1" in lines[-1]
+    assert lines[-1].startswith("ERROR") and "cannot open source rtsp://***@127.0.0.1" in lines[-1]
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
 

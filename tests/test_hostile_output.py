@@ -58,23 +58,40 @@ def run_strict(tmp_path: Path, *args, env_extra: dict | None = None, timeout: fl
 # --- redaction: one function, table-driven ----------------------------------------------------------
 
 @pytest.mark.parametrize("text, expect", [
-    ("rtsp://admin:pa55@cam.lan/stream", "rtsp://admin:***@cam.lan/stream"),
-    ("lost: http://u:p@h:80/x delivered no frame", "lost: http://u:***@h:80/x delivered no frame"),
+    ("rtsp://admin:pa55@cam.lan/stream", "rtsp://***@cam.lan/stream"),
+    ("lost: http://u:p@h:80/x delivered no frame", "lost: http://***@h:80/x delivered no frame"),
     ("synthetic://640x480?fps=30", "synthetic://640x480?fps=30"),
     # FFmpeg splits at the LAST '@' of the authority: '@' and ':' may stand in a password unencoded
-    ("rtsp://admin:p@ss@cam/live", "rtsp://admin:***@cam/live"),
-    ("rtsp://admin:p@ss:w:rd@10.0.0.9:554/a", "rtsp://admin:***@10.0.0.9:554/a"),
-    ("rtsp://admin:p%40ss%3Aw@cam/", "rtsp://admin:***@cam/"),
-    ("RTSP://Admin:Secret@CAM/x", "RTSP://Admin:***@CAM/x"),
-    ("rtsps://a:b@[fe80::1]:322/s", "rtsps://a:***@[fe80::1]:322/s"),
-    ("cannot open 'rtsp://a:b@cam/s'", "cannot open 'rtsp://a:***@cam/s'"),
-    ("two: http://a:1@x/ and rtmp://b:2@y/app", "two: http://a:***@x/ and rtmp://b:***@y/app"),
+    ("rtsp://admin:p@ss@cam/live", "rtsp://***@cam/live"),
+    ("rtsp://admin:p@ss:w:rd@10.0.0.9:554/a", "rtsp://***@10.0.0.9:554/a"),
+    ("rtsp://admin:p%40ss%3Aw@cam/", "rtsp://***@cam/"),
+    ("RTSP://Admin:Secret@CAM/x", "RTSP://***@CAM/x"),
+    ("rtsps://a:b@[fe80::1]:322/s", "rtsps://***@[fe80::1]:322/s"),
+    ("cannot open 'rtsp://a:b@cam/s'", "cannot open 'rtsp://***@cam/s'"),
+    ("two: http://a:1@x/ and rtmp://b:2@y/app", "two: http://***@x/ and rtmp://***@y/app"),
+    # userinfo always: a token alone, a percent-encoded pair, a token in the user-name field
+    ("rtsp://admin@cam/s", "rtsp://***@cam/s"),
+    ("https://ghp_T0KEN123@relay.example/live.m3u8", "https://***@relay.example/live.m3u8"),
+    ("http://user%3Apass@cam/x", "http://***@cam/x"),
+    ("https://T0KEN:x-oauth-basic@git.example/x", "https://***@git.example/x"),
+    ("http://:onlypw@cam/", "http://***@cam/"),
     ("http://cam/snap.cgi?user=admin&password=hunter2&res=1", "http://cam/snap.cgi?user=admin&password=***&res=1"),
     ("http://cam/cgi?usr=a&pwd=hunter2", "http://cam/cgi?usr=a&pwd=***"),
     ("http://cam/cgi?loginuse=a&loginpas=hunter2", "http://cam/cgi?loginuse=a&loginpas=***"),
     ("srt://relay:9000?mode=caller&passphrase=hunter2hunter2", "srt://relay:9000?mode=caller&passphrase=***"),
     ("https://relay/live.m3u8?TOKEN=abc&x=1", "https://relay/live.m3u8?TOKEN=***&x=1"),
-    ("rtsp://admin@cam/s", "rtsp://admin@cam/s"),          # a user name alone is not a secret
+    # credential-like names by rule, any case, in the query and in the fragment
+    ("https://h/a?auth_token=1&Access_Key=2&CLIENT_SECRET=3&jwt=4&session=5&apitoken=6&fps=30",
+     "https://h/a?auth_token=***&Access_Key=***&CLIENT_SECRET=***&jwt=***&session=***&apitoken=***&fps=30"),
+    ("https://b.s3.example/o?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab12&"
+     "X-Amz-Security-Token=zz", "https://b.s3.example/o?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&"
+     "X-Amz-Signature=***&X-Amz-Security-Token=***"),
+    ("https://acct.blob.example/c/v.mp4?sv=2020&sp=r&sig=abc%3D", "https://acct.blob.example/c/v.mp4?sv=2020&sp=r&sig=***"),
+    ("https://h/live#token=abc&x=1", "https://h/live#token=***&x=1"),
+    ("https://h/live#access_token=abc", "https://h/live#access_token=***"),
+    ("https://h/?apiKey=1;sessionid=2;PIN=3;pine=4", "https://h/?apiKey=***;sessionid=***;PIN=***;pine=4"),
+    ("https://h/?pass%77ord=x", "https://h/?pass%77ord=***"),          # a percent-encoded name is decoded
+    ("https://h/?next=http://u:p@x/%3F&a=b?token=t", "https://h/?next=http://***@x/%3F&a=b?token=***"),
     ("/srv/images/a@b:c", "/srv/images/a@b:c"),
     ("no uri here: user:pass@host", "no uri here: user:pass@host"),
 ])
@@ -87,6 +104,9 @@ def test_redact(text, expect):
     ("rtsp://admin:a/b@cam/s", None),                       # '/' ends FFmpeg's authority: not a password
     ("http://u:s3cr3t@cam/x?password=other", "s3cr3t"),
     ("HTTP://u:s3cr3t@cam/x", "s3cr3t"),
+    ("rtsp://t0ken with space@cam/s", "t0ken with space"),
+    ("https://cam/x?password=pw with space&a=1", "pw with space"),
+    ("https://cam/x#Session=sp ace s3cr3t", "s3cr3t"),
 ])
 def test_display_uri_treats_the_whole_string_as_one_uri(uri, secret):
     shown = display_uri(uri)
@@ -122,7 +142,7 @@ def test_log_sanitizer_redacts_and_keeps_one_line(caplog):
         logger.removeHandler(handler)
         logger.setLevel(level)
         logging.disable(disabled)
-    assert seen == ["source lost: cannot open rtsp://a:***@cam/s", "model: net\\nERROR forged"]
+    assert seen == ["source lost: cannot open rtsp://***@cam/s", "model: net\\nERROR forged"]
 
 
 def test_rate_limited_by_time():
@@ -279,6 +299,11 @@ def camera_server(tmp_path_factory):
     ("http://cam:s3cr3t-pw@127.0.0.1:{port}/clip.avi", "s3cr3t-pw"),
     ("http://cam:p@ss:w0rd-x@127.0.0.1:{port}/clip.avi", "ss:w0rd-x"),          # '@' and ':' in the password
     ("http://127.0.0.1:{port}/clip.avi?user=cam&password=t0p-s3cret", "t0p-s3cret"),
+    ("http://T0KEN-0nly-s3cret@127.0.0.1:{port}/clip.avi", "T0KEN-0nly"),       # a token as the userinfo
+    ("http://cam%3As3cr3t-enc@127.0.0.1:{port}/clip.avi", "s3cr3t-enc"),       # percent-encoded user:pass
+    ("http://127.0.0.1:{port}/clip.avi?X-Amz-Credential=AKIAs3cr3t&X-Amz-Signature=51gs3cr3t", "s3cr3t"),
+    ("http://127.0.0.1:{port}/clip.avi?Auth_Token=t0k-s3cr3t&fps=30", "t0k-s3cr3t"),
+    ("http://127.0.0.1:{port}/clip.avi#jwt=eyJs3cr3t", "eyJs3cr3t"),            # a fragment parameter
 ])
 def test_no_secret_in_any_output(tmp_path, camera_server, form, secret):
     uri = form.format(port=camera_server)
