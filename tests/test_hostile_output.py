@@ -214,24 +214,85 @@ def images(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["nan", "div0", "scale"])
-def test_non_finite_results_are_refused_never_published(tmp_path, images, kind):
+def test_a_model_non_finite_on_a_blank_image_is_refused_at_start(tmp_path, images, kind):
+    """The start-up blank-image run checks the scores for finiteness: one line, exit 2, no frame spun on."""
     if kind == "scale":       # a sidecar whose output_scale overflows float32 (logits x inf)
         model = make_channel_model(tmp_path / "m.onnx", embed=False)
         (tmp_path / "m.yaml").write_text("input: {size: [32, 32], color: rgb, mean: [0, 0, 0], std: [1, 1, 1]}\n"
                                          "labels: [red, green, blue]\noutput: logits\noutput_scale: 1.0e+300\n")
     else:
         model = _nan_model(tmp_path, kind)
+    for extra in ([], ["--validate-config"]):
+        rc, out, err = run_strict(tmp_path, "--source", images, "--model", model, *extra)
+        assert rc == 2 and out == b"", err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err and "RuntimeWarning" not in err, err
+        assert ("blank image" in lines[0] and "NaN or infinity" in lines[0]) or "output_scale" in lines[0], err
+
+
+def _sqrt_neg_model(tmp_path: Path) -> Path:
+    """The channel model with logits = sqrt(-10 x channel means): finite (zero) on a black frame, so it
+    passes the start-up check, and NaN on every frame with any colour in it."""
+    path = make_channel_model(tmp_path / "sqrtneg.onnx")
+    model = onnx.load(str(path))
+    g = model.graph
+    mul = next(n for n in g.node if n.output[0] == "logits")
+    mul.output[0] = "pre"
+    g.node.extend([helper.make_node("Neg", ["pre"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["logits"])])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_non_finite_results_are_refused_never_published(tmp_path, images):
+    model = _sqrt_neg_model(tmp_path)
     rc, out, err = run_strict(tmp_path, "--source", images, "--model", model, "--lanes", "1", "--batch", "1")
-    if rc == 2:               # refusing such a sidecar at load time is as good: one line, exit 2
-        assert kind == "scale" and len(err.strip().splitlines()) == 1, err
-        return
     lines = strict_json_lines(out)
     assert rc == 0, err[-2000:]
-    assert [x for x in lines if x["type"] == "prediction"] == []
+    preds = [x for x in lines if x["type"] == "prediction"]
+    assert [p["path"].rsplit("/", 1)[-1] for p in preds] == ["3.png"]      # only the black one is finite
     final = lines[-1]
-    assert final["type"] == "stats" and final["frames_skipped"] == 4 and final["frames_processed"] == 0
+    assert final["type"] == "stats" and final["frames_skipped"] == 3 and final["frames_processed"] == 1
     refused = [line for line in err.splitlines() if "refused" in line]
     assert len(refused) == 1 and "NaN or infinity" in refused[0], err      # warned once, not per frame
+    assert "RuntimeWarning" not in err
+
+
+@pytest.mark.parametrize("frames", [1, 5, 40])
+def test_max_frames_ends_a_run_where_every_frame_is_refused(tmp_path, frames):
+    """--max-frames N and N frames in a row refused: the run ends with one error line, exit 2, and its
+    final stats line (it used to spin at full CPU for ever, N never reached)."""
+    model = _sqrt_neg_model(tmp_path)
+    rc, out, err = run_strict(tmp_path, "--source", "synthetic://64x48", "--model", model,
+                              "--max-frames", frames, timeout=120)
+    lines = strict_json_lines(out)
+    assert rc == 2, err[-2000:]
+    assert [x for x in lines if x["type"] == "prediction"] == []
+    assert lines[-1]["type"] == "stats" and lines[-1]["frames_processed"] == 0
+    assert lines[-1]["frames_skipped"] >= frames
+    stop = [line for line in err.splitlines() if "stopping: the last" in line]
+    assert len(stop) == 1 and f"--max-frames {frames}" in stop[0] and " ERROR " in stop[0], err
+    assert "Traceback" not in err and "RuntimeWarning" not in err
+
+
+@pytest.mark.parametrize("source", ["synthetic://64x48", "synthetic://64x48?fps=200"])
+def test_a_run_where_every_frame_is_refused_says_so_once_and_backs_off(tmp_path, source):
+    model = _sqrt_neg_model(tmp_path)
+    d = Daemon("--source", source, "--model", model, "--stats-interval", "1")
+    try:
+        wait_until(lambda: "every frame since frame" in d.stderr(), 30, "the refusal warning")
+        time.sleep(2.5)          # the pause reaches its 2 s ceiling
+        cpu0, t0 = _cpu_seconds(d.proc.pid), time.monotonic()
+        time.sleep(3.0)
+        cpu = _cpu_seconds(d.proc.pid) - cpu0
+        wall = time.monotonic() - t0
+        assert d.running()
+    finally:
+        rc = d.stop()
+    err = d.stderr()
+    assert rc == 0
+    assert cpu < 0.3 * wall, f"{cpu:.2f} s of CPU in {wall:.1f} s: still spinning on refused frames"
+    assert err.count("every frame since frame") == 1, err
+    assert err.count("refused (") <= 2 and "Traceback" not in err, err     # the per-frame warning: once a minute
 
 
 def test_non_utf8_uri_and_labels_keep_stdout_valid(tmp_path):

@@ -12,7 +12,7 @@ import time
 
 from edge_runtime import __version__
 from edge_runtime import config as config_mod
-from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line, preparing
+from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, UserError, first_line, preparing
 from edge_runtime.util.redact import one_line, sanitise_logging
 
 log = logging.getLogger("edge_runtime")
@@ -178,6 +178,9 @@ def run_daemon(args: argparse.Namespace) -> int:
              time.perf_counter() - started)
     pipeline.run()
     pipeline.finish()
+    if pipeline.refusals.gave_up:       # --max-frames frames in a row refused: the model is wrong (refusals.py)
+        log.error("%s", pipeline.refusals.gave_up)
+        return EXIT_USAGE
     if pipeline.output_closed:
         _silence_stdout()
     elif next(s for s in sinks if s.name == "stdout").stuck:

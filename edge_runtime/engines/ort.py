@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.engines import spec as ms
+from edge_runtime.engines.postprocess import Postprocessor
+from edge_runtime.engines.preprocess import Preprocessor
 from edge_runtime.util import safeio
 from edge_runtime.util.errors import ConfigError, ModelError, first_line
 
@@ -181,7 +183,7 @@ class Engine:
         """Run the model on a blank image (two, with a dynamic batch): what validation accepts must
         not fail on the first frame. Returns the output's values per image."""
         batch = 1 if isinstance(self.input.shape[0], int) else 2
-        blank = np.zeros((batch,) + self.input_shape()[1:], dtype=self.input_dtype())
+        blank = self._blank_input(batch)
         try:
             out = self.session.run([self.output.name], {self.input.name: blank})[0]
         except MemoryError:
@@ -196,7 +198,24 @@ class Engine:
         if out.size == 0 or out.size % batch:
             raise ModelError(self.path, f"for {batch} image(s) its output '{self.output.name}' has shape "
                              f"{list(out.shape)}; expected one row of class scores per image")
+        scores = Postprocessor(self.spec).scores_block(out.reshape(batch, -1))
+        if not np.isfinite(scores).all():
+            # Every frame would be refused: say it once at start (exit 2) instead of refusing them all.
+            raise ModelError(self.path, "gives NaN or infinity for a blank image (its output, scaled by the "
+                             f"description's output_scale, {self.spec.origin}); every frame would be refused")
         return int(out.size // batch)
+
+    def _blank_input(self, batch: int) -> np.ndarray:
+        """A black frame preprocessed as every frame will be: the description's mean/std must give a
+        finite tensor (checked here, before the model sees it)."""
+        h, w = self.spec.input.size
+        pre = Preprocessor(self.spec.input)
+        with np.errstate(all="ignore"):
+            one = pre(np.zeros((h, w, 3), np.uint8))
+        if not np.isfinite(one).all():
+            raise ModelError(self.path, f"its description's mean/std ({self.spec.origin}) make a blank image's "
+                             "input NaN or infinity")
+        return np.repeat(one, batch, axis=0)
 
     def input_shape(self) -> tuple[int, ...]:
         return self.spec.input.tensor_shape(1)
