@@ -17,7 +17,7 @@ import yaml
 from edge_runtime.util import safeio, schema
 from edge_runtime.util.addresses import parse_broker_url, parse_listen
 from edge_runtime.util.errors import ConfigError
-from edge_runtime.watch.regions import RegionConfig, check_unique
+from edge_runtime.watch.regions import RegionConfig, check_count, check_unique
 from edge_runtime.util.schema import Invalid, all_of, at_most, between, field, greater_than, one_of
 from edge_runtime.watch.snapshots import SnapshotConfig
 
@@ -146,6 +146,7 @@ class Config:
     def __post_init__(self):
         if self.source is not None and self.camera is not None:
             raise Invalid("source", "give either source or camera, not both")
+        check_count(self.regions)
         check_unique(self.regions)
 
 

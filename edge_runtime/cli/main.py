@@ -145,7 +145,7 @@ def install_signal_handlers() -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from edge_runtime.core.plan import load_model, load_region_models, plan_run, source_uri
+    from edge_runtime.core.plan import check_threshold_labels, load_model, load_region_models, plan_run, source_uri
 
     from edge_runtime.daemon.reload import Reloader
 
@@ -162,6 +162,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         plan, engine = load_model(plan, cfg, args.config)
     with preparing("loading the regions' models"):
         plan, region_engines = load_region_models(plan, cfg, engine)
+    check_threshold_labels(cfg, region_engines, strict=args.validate_config, config_file=args.config)
     if args.validate_config:
         regions = f"; {len(cfg.regions)} region(s)" if cfg.regions else ""
         print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}{regions}")
