@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, daemon_env, run_daemon
-from pthfile import state_dict_pickle, write_pth
+from pthfile import state_dict_pickle, write_aliasing_pth, write_checkpoint, write_pth
 
 onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
@@ -282,6 +282,91 @@ def test_pth_reader_bounds_views_and_dtypes(tmp_path):
     bomb = bomb.replace(one, same)                 # size (1,), stride (1,) -> size (10**9,), stride (0,)
     with pytest.raises(pth.PthError, match="more elements than its storage"):
         pth.load(write_pth(tmp_path / "bomb.pth", {"a": np.zeros(1, np.float32)}, pickle_bytes=bomb))
+
+
+# -- memory bounds and checkpoint fields (issue 28.4) ----------------------------------------------------
+
+def fetch_model_limited(*args, limit_mb: int = 400) -> subprocess.CompletedProcess:
+    """`python -m edge_runtime fetch-model` under an address-space limit: a refusal must come before any
+    large allocation, as one line and exit 2, not a MemoryError traceback or a kill."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    return subprocess.run([sys.executable, "-m", "edge_runtime", "fetch-model", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=daemon_env(), cwd=REPO, preexec_fn=limit)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("deflated-zeros", "more bytes than the file"),      # 64 MB of zeros in a few KB, viewed 20 times
+    ("aliased-copies", "add up to more than the file"),  # 4 MB stored once, viewed 300 times: 1.2 GB of copies
+    ("huge-dim", "invalid shape"),                       # a size of (0, 2**62): no bytes, no sense
+    ("huge-dims", "invalid shape"),
+])
+def test_pth_files_that_amplify_memory_are_one_line_under_a_memory_limit(tmp_path, case, expect):
+    path = tmp_path / f"{case}.pth"
+    if case == "deflated-zeros":
+        write_aliasing_pth(path, 16 << 20, 20, deflate=True)
+    elif case == "aliased-copies":
+        write_aliasing_pth(path, 1 << 20, 300, deflate=False)
+    elif case == "huge-dim":
+        write_aliasing_pth(path, 4, 1, deflate=False, size=(0, 2**62))
+    else:
+        write_aliasing_pth(path, 4, 3, deflate=False, size=(2**40, 0, 2**40))
+    assert path.stat().st_size < 5 << 20
+    out = tmp_path / "m.onnx"
+    proc = fetch_model_limited("--from", path, "--output", out)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+    assert one_error(proc.stderr) and expect in proc.stderr and str(path) in proc.stderr, proc.stderr
+    assert not out.exists() and "MemoryError" not in proc.stderr
+
+
+def test_a_pickle_of_shared_references_is_walked_once(tmp_path):
+    """50 references to a list of 50 references to ... 20 levels deep: 50**20 paths, 20 objects."""
+    nested: list = []
+    for _ in range(20):
+        nested = [nested] * 50
+    data = pickle.dumps(nested, protocol=2)
+    got = pth.load(write_pth(tmp_path / "nest.pth", {"a": np.zeros(1, np.float32)}, pickle_bytes=data))
+    assert isinstance(got, list) and len(got) == 50 and got[0] is got[1]
+
+
+@pytest.mark.parametrize("extras, key", [
+    ({"width_mult": "abc"}, "width_mult"),
+    ({"width_mult": []}, "width_mult"),
+    ({"width_mult": -1.0}, "width_mult"),
+    ({"width_mult": 1e9}, "width_mult"),
+    ({"width_mult": True}, "width_mult"),
+    ({"input_size": [-5, -5]}, "input_size"),
+    ({"input_size": ["a", "b"]}, "input_size[0]"),
+    ({"input_size": [224]}, "input_size"),
+    ({"input_size": [100000, 100000]}, "input_size"),
+    ({"input_size": "224"}, "input_size"),
+    ({"arch": 5}, "arch"),
+    ({"arch": "resnet18"}, "arch"),
+    ({"classes": [1, 2]}, "classes[0]"),
+    ({"classes": "tench"}, "classes"),
+])
+def test_crafted_checkpoint_fields_are_one_line(weights, tmp_path, capsys, extras, key):
+    _, state = weights
+    path = write_checkpoint(tmp_path / "ckpt.pth", state, {"arch": "mobilenet_v3_small", "width_mult": 1.0,
+                                                          "input_size": [224, 224], **extras})
+    out = tmp_path / "m.onnx"
+    rc, stdout, err = fetch_model(capsys, "--from", path, "--output", out)
+    assert rc == 2 and stdout == "" and one_error(err), err
+    assert f"key '{key}'" in err and str(path) in err and "nothing written" in err, err
+    assert not out.exists() and leftovers(tmp_path) == ["ckpt.pth"]
+
+
+def test_a_valid_checkpoint_still_makes_its_model(weights, tmp_path, capsys):
+    _, state = weights
+    path = write_checkpoint(tmp_path / "ckpt.pth", state, {"arch": "mobilenet_v3_small", "width_mult": 1.0,
+                                                          "input_size": [192, 192], "epoch": "anything"})
+    out = tmp_path / "m.onnx"
+    rc, _, err = fetch_model(capsys, "--from", path, "--output", out)
+    assert rc == 0, err
+    spec = from_metadata(props(out), str(out))
+    assert spec.input.size == (192, 192) and props(out)["edge_runtime.width_mult"] == "1"
 
 
 # -- the untrained demo model -------------------------------------------------------------------------------

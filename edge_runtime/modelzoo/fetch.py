@@ -19,11 +19,13 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 from edge_runtime import __version__
 from edge_runtime.config import DEFAULT_MODEL
 from edge_runtime.util.errors import EXIT_OK, UserError
+from edge_runtime.util.schema import between, field, length, one_of
 
 DOWNLOAD_TIMEOUT_S = 60         # per blocking socket operation, not for the whole file
 MAX_DOWNLOAD_BYTES = 256 << 20  # a --from URL of unknown size
@@ -121,7 +123,36 @@ def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None 
     return digest.hexdigest()
 
 
-def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...] | None:
+# What a models/distill.py checkpoint may say about itself, validated like a config (util/schema.py): a
+# width_mult of "abc" or [], an input_size of [-5, -5] or ["a", "b"] is one line, exit 2. Other entries
+# (epoch, val_acc, ...) are not read, so not checked.
+MIN_WIDTH_MULT, MAX_WIDTH_MULT = 0.1, 4.0
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024       # MobileNetV3's stride is 32; verify() runs it at that size
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    format: str | None = field(None)
+    arch: str | None = field(None, check=one_of("mobilenet_v3_small", "mobilenet_v3_large"))
+    width_mult: float | None = field(None, check=between(MIN_WIDTH_MULT, MAX_WIDTH_MULT))
+    input_size: tuple[int, ...] | None = field(None, check=length(2, between(MIN_INPUT_SIZE, MAX_INPUT_SIZE)))
+    classes: tuple[str, ...] | None = field(None, check=lambda v: None if len(v) >= 1 and all(
+        0 < len(c) <= 1000 for c in v) else "expected class names of 1 to 1000 characters")
+
+
+def checkpoint_info(extra: dict, source: str) -> CheckpointInfo:
+    from edge_runtime.util import schema
+    from edge_runtime.util.errors import ConfigError
+
+    known = {f for f in CheckpointInfo.__dataclass_fields__}
+    try:
+        return schema.build(CheckpointInfo, {k: v for k, v in extra.items() if k in known},
+                            file=f"{source} (checkpoint)")
+    except ConfigError as exc:
+        raise FetchError(f"{exc}; nothing written") from None
+
+
+def _labels(path: Path | None, info: CheckpointInfo, num_classes: int) -> tuple[str, ...] | None:
     from edge_runtime.engines import spec as ms
     from edge_runtime.util.errors import ConfigError
 
@@ -133,9 +164,9 @@ def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...]
         if len(labels) != num_classes:
             raise FetchError(f"--labels {path} has {len(labels)} names but the weights have {num_classes} classes")
         return labels
-    classes = extra.get("classes")
-    if isinstance(classes, (list, tuple)) and len(classes) == num_classes and all(isinstance(c, str) for c in classes):
-        return tuple(classes)
+    classes = info.classes
+    if classes is not None and len(classes) == num_classes:
+        return classes
     if num_classes == 1000:
         return ms.read_labels(ms.DEFAULT_LABELS_FILE)
     return None
@@ -151,7 +182,7 @@ def make_model(args: argparse.Namespace, workdir: Path):
 
     arch = arch_tables.arch_name(args.arch)
     pinned = arch_tables.IMAGENET_WEIGHTS[arch]
-    extra: dict = {}
+    info = CheckpointInfo()
     if args.untrained:
         net = arch_tables.network(arch)
         # torchvision's init leaves an untrained network's logits at ~1e-9 (each depthwise layer shrinks
@@ -181,29 +212,27 @@ def make_model(args: argparse.Namespace, workdir: Path):
             state, extra = pth.load_state_dict(path)
         except pth.PthError as exc:
             raise FetchError(f"{source}: {exc}; nothing written") from None
-        recorded = extra.get("arch")
-        if isinstance(recorded, str) and recorded != arch:
+        info = checkpoint_info(extra, source)
+        recorded = info.arch
+        if recorded is not None and recorded != arch:
             raise FetchError(f"{source} holds a {recorded}, not {arch}: pass {recorded.rsplit('_', 1)[-1]}")
         head = state.get("classifier.3.weight")
         num_classes = int(head.shape[0]) if isinstance(head, np.ndarray) and head.ndim == 2 else 1000
-        width = extra.get("width_mult", 1.0)
         try:
-            net = arch_tables.network(arch, num_classes, float(width) if isinstance(width, (int, float)) else 1.0)
+            net = arch_tables.network(arch, num_classes, info.width_mult or 1.0)
         except ValueError as exc:
-            raise FetchError(f"{source}: {exc}") from None
+            raise FetchError(f"{source}: {exc}; nothing written") from None
         weights = (arch_tables.IMAGENET_WEIGHTS_NAME if actual == pinned.sha256
                    else f"{source} (sha256 {actual[:16]})")
-    labels = _labels(args.labels, extra, net.num_classes)
-    size = extra.get("input_size")
-    input_size = tuple(size) if isinstance(size, (list, tuple)) and len(size) == 2 else (224, 224)
+    labels = _labels(args.labels, info, net.num_classes)
+    input_size = info.input_size or (224, 224)
     import onnx
 
     spec = builder.eval_spec(input_size, labels, origin="edge_runtime fetch-model")
-    info = {"arch": arch, "weights": weights, "exporter": f"edge_runtime fetch-model {__version__}",
-            "width_mult": f"{float(extra.get('width_mult', 1.0)):g}", "onnx": onnx.__version__,
-            "input_fused": "no"}
+    meta = {"arch": arch, "weights": weights, "exporter": f"edge_runtime fetch-model {__version__}",
+            "width_mult": f"{info.width_mult or 1.0:g}", "onnx": onnx.__version__, "input_fused": "no"}
     try:
-        return builder.build(state, net, spec, info), weights, labels is None
+        return builder.build(state, net, spec, meta), weights, labels is None
     except builder.WeightsError as exc:
         raise FetchError(f"{args.source}: {exc}; nothing written") from None
 
