@@ -137,6 +137,16 @@ def test_hostile_labels_and_regions_are_refused(sink, tmp_path, query):
     assert files(tmp_path) == [] and not (tmp_path / "escape").exists()
 
 
+def test_a_symlinked_label_folder_is_refused(sink, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "open").symlink_to(outside)
+    status, body = post(sink, "label=open&region=door", {"Origin": sink.origin})
+    assert status == 500 and "symbolic link" in body["error"], body
+    assert list(outside.iterdir()) == []
+
+
 def test_collect_dir_unset_is_404_and_no_frame_yet_is_503(tmp_path):
     off = start_sink(None)
     try:

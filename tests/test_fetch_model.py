@@ -284,6 +284,25 @@ def test_pth_reader_bounds_views_and_dtypes(tmp_path):
         pth.load(write_pth(tmp_path / "bomb.pth", {"a": np.zeros(1, np.float32)}, pickle_bytes=bomb))
 
 
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(weights, tmp_path, capsys):
+    """The temporary model file used to be .<name>.<pid>.tmp: a link planted there by another account
+    overwrote its target. Now it has a random name, created exclusively."""
+    import os
+
+    path, _ = weights
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "models" / "m.onnx"
+    out.parent.mkdir()
+    planted = out.parent / f".m.onnx.{os.getpid()}.tmp"
+    planted.symlink_to(victim)
+    rc, _, err = fetch_model(capsys, "--from", path, "--output", out)
+    assert rc == 0, err
+    assert victim.read_text() == "precious" and planted.is_symlink()
+    assert out.is_file() and not out.is_symlink() and out.stat().st_size > 5e6
+    assert leftovers(out.parent) == sorted([planted.name, "m.onnx"])
+
+
 # -- memory bounds and checkpoint fields (issue 28.4) ----------------------------------------------------
 
 def fetch_model_limited(*args, limit_mb: int = 400) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ from typing import Sequence
 from edge_runtime import __version__
 from edge_runtime.config import DEFAULT_MODEL
 from edge_runtime.util.errors import EXIT_OK, UserError
+from edge_runtime.util.safewrite import create_exclusive
 from edge_runtime.util.schema import between, field, length, one_of
 
 DOWNLOAD_TIMEOUT_S = 60         # per blocking socket operation, not for the whole file
@@ -257,7 +258,7 @@ def verify(model, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnx
+    import onnx  # noqa: F401  (without onnx: main's one line, before any download)
 
     output: Path = args.output or Path(DEFAULT_MODEL if args.arch == "small" else "models/mobilenetv3_large.onnx")
     if output.suffix != ".onnx":
@@ -270,9 +271,14 @@ def run(args: argparse.Namespace) -> int:
         raise FetchError(f"--output {output}: cannot make its folder ({exc.strerror or exc})") from None
     with tempfile.TemporaryDirectory(prefix="edge-fetch-") as work:
         model, weights, unlabelled = make_model(args, Path(work))
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        tmp = None
         try:
-            onnx.save(model, str(tmp))
+            # A random name, created exclusively (O_EXCL|O_NOFOLLOW): a link planted at a predictable
+            # temporary name cannot make this write overwrite another file (util/safewrite.py).
+            fd, name = create_exclusive(output.parent, f".{output.name}.", ".tmp")
+            tmp = output.parent / name
+            with os.fdopen(fd, "wb") as f:
+                f.write(model.SerializeToString())
             try:
                 verify(model, tmp)
             except Exception as exc:
@@ -280,10 +286,12 @@ def run(args: argparse.Namespace) -> int:
                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
                                  "nothing written") from None
             os.replace(tmp, output)          # atomic: the old model stays until the new one is whole
+            tmp = None
         except OSError as exc:
             raise FetchError(f"cannot write {output} ({exc.strerror or exc}); nothing written") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
     print(f"{PROG}: wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {model.graph.name}, {weights}",
           file=sys.stderr)
     if unlabelled:
