@@ -12,6 +12,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,110 @@ def test_unreachable_server_says_what_to_do_offline(tmp_path, capsys):
                              "--output", tmp_path / "m.onnx")
     assert rc == 2 and err.count("\n") == 1
     assert "Offline?" in err and "--from FILE.pth" in err and leftovers(tmp_path) == []
+
+
+class Trickler:
+    """A hostile 'mirror' on 127.0.0.1: /body sends its headers, then one byte every 0.1 s of a large body;
+    /head sends even the status line a byte at a time; /loop redirects to itself; /ftp and /file redirect
+    to other schemes; /deep redirects 10 times."""
+
+    def __init__(self):
+        import socket as socket_mod
+
+        self.sock = socket_mod.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            conn.settimeout(5)
+            path = conn.recv(4096).split(b" ")[1].decode().split("?")[0]
+            if path.startswith("/body"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+                while not self.stop.is_set():
+                    conn.sendall(b"x")
+                    time.sleep(0.1)
+            elif path == "/head":
+                for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"y" * 10000:
+                    if self.stop.is_set():
+                        break
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            else:
+                target = {"/loop": "/loop", "/ftp": "ftp://127.0.0.1/w.pth", "/file": "file:///etc/passwd"}.get(path)
+                if target is None and path.startswith("/deep"):
+                    n = int(path[5:] or 0)
+                    target = f"/deep{n + 1}"
+                conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n"
+                             "Connection: close\r\n\r\n".encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def trickler():
+    t = Trickler()
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize("path", ["/body", "/head"])
+def test_a_trickling_server_is_given_up_at_the_deadline(trickler, tmp_path, capsys, path):
+    out = tmp_path / "new" / "deeper" / "m.onnx"
+    t0 = time.monotonic()
+    rc, stdout, err = fetch_model(capsys, "--from", trickler.url(path) + "?token=s3cr3t-t0k", "--sha256", "0" * 64,
+                                  "--output", out, "--timeout", "1.5")
+    took = time.monotonic() - t0
+    assert rc == 2 and stdout == "" and one_error(err), err
+    assert "did not finish" in err and ("--timeout" in err or "in time" in err), err
+    assert "s3cr3t-t0k" not in err and "token=***" in err
+    assert took < 30, took                                    # not the 10 MB at 10 bytes a second
+    assert leftovers(tmp_path) == []                          # the folders it made are gone again
+
+
+@pytest.mark.parametrize("path, expect", [
+    ("/loop", "redirect"),
+    ("/deep", "redirect"),
+    ("/ftp", "not http(s)://"),
+    ("/file", "not http(s)://"),
+])
+def test_redirect_errors_are_one_line(trickler, tmp_path, capsys, path, expect):
+    out = tmp_path / "made" / "m.onnx"
+    rc, stdout, err = fetch_model(capsys, "--from", trickler.url(path), "--sha256", "0" * 64, "--output", out)
+    assert rc == 2 and stdout == "" and one_error(err) and err.count("\n") == 1, err
+    assert expect in err and "nothing written" in err, err
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failed_download_keeps_folders_that_were_there(server, tmp_path, capsys):
+    keep = tmp_path / "models"
+    keep.mkdir()
+    (keep / "other.onnx").write_bytes(b"x")
+    rc, _, err = fetch_model(capsys, "--from", server.url("/missing.pth"), "--sha256", "0" * 64,
+                             "--output", keep / "sub" / "m.onnx")
+    assert rc == 2 and "HTTP 404" in err
+    assert leftovers(tmp_path) == ["models"] and leftovers(keep) == ["other.onnx"]
 
 
 def test_local_file_and_the_command_line(weights, tmp_path):

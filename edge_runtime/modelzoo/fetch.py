@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,10 +26,13 @@ from typing import Sequence
 from edge_runtime import __version__
 from edge_runtime.config import DEFAULT_MODEL
 from edge_runtime.util.errors import EXIT_OK, UserError
+from edge_runtime.util.redact import redact
 from edge_runtime.util.safewrite import create_exclusive
 from edge_runtime.util.schema import between, field, length, one_of
 
 DOWNLOAD_TIMEOUT_S = 60         # per blocking socket operation, not for the whole file
+DEFAULT_DEADLINE_S = 600        # the whole download (--timeout): a server trickling a byte a second ends
+MAX_REDIRECTS = 5
 MAX_DOWNLOAD_BYTES = 256 << 20  # a --from URL of unknown size
 CHUNK = 1 << 20
 PROG = "fetch-model"
@@ -67,6 +71,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="class names, one per line (default: a checkpoint's own, else ImageNet's for 1000 classes)")
     p.add_argument("--seed", type=int, default=0, help="seed for --untrained (default 0)")
+    p.add_argument("--timeout", type=_deadline, default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+                   help=f"give up a download that has not finished after this long, headers and redirects "
+                        f"included (default {DEFAULT_DEADLINE_S}); a silent server is given up after "
+                        f"{DOWNLOAD_TIMEOUT_S} s")
     args = p.parse_args(argv)
     if args.sha256 is not None:
         if args.source is None:
@@ -76,8 +84,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--sha256 wants 64 hex digits, got {args.sha256!r}")
     if args.source and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", args.source) \
             and not re.match(r"^https?://", args.source):
-        p.error(f"--from URL must be http:// or https://, got {args.source!r}")
+        p.error(f"--from URL must be http:// or https://, got {redact(args.source)!r}")
     return args
+
+
+def _deadline(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected 1 to 86400 seconds, got {text!r}")
+    return value
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """At most MAX_REDIRECTS, to http(s) only (urllib follows ftp:// too), each refusal one line."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        from urllib.parse import urljoin
+
+        target = headers.get("location") or headers.get("uri")
+        if target is not None:
+            newurl = urljoin(req.full_url, target)
+            if not re.match(r"^https?://", newurl, re.I):
+                raise FetchError(f"{redact(req.full_url)} redirects to {_one_line(newurl)[:200]}, which is not "
+                                 "http(s)://; nothing written")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _one_line(text: object) -> str:
+    from edge_runtime.util.redact import one_line
+    return one_line(redact(str(text)), limit=300)
 
 
 def sha256_file(path: Path) -> str:
@@ -88,39 +130,84 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None = None) -> str:
-    """Stream `url` into `dest` (bounded), return its SHA-256. FetchError on any failure or truncation."""
+def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None = None,
+             deadline_s: float = DEFAULT_DEADLINE_S) -> str:
+    """Stream `url` into `dest` (bounded in bytes and in time), return its SHA-256. FetchError (one line)
+    on any failure, truncation or the deadline. The transfer runs in a thread of its own, so the deadline
+    holds for every step (the connection, headers trickled a byte at a time, redirects, the body)."""
+    import threading
+
+    result: dict = {}
+    stop = threading.Event()
+    t0 = time.monotonic()
+    worker = threading.Thread(target=_transfer, args=(url, dest, max_bytes, expected_size, t0 + deadline_s, stop,
+                                                      result), name="fetch-model download", daemon=True)
+    worker.start()
+    worker.join(deadline_s + 1.0)
+    if worker.is_alive():
+        stop.set()
+        raise FetchError(f"download of {redact(url)} did not finish within {deadline_s:g} s (--timeout; "
+                         f"{result.get('received', 0)} bytes received); nothing written")
+    if "error" in result:
+        raise result["error"]
+    return result["digest"]
+
+
+def _transfer(url: str, dest: Path, max_bytes: int, expected_size: int | None, deadline: float,
+              stop, result: dict) -> None:
+    try:
+        result["digest"] = _download(url, dest, max_bytes, expected_size, deadline, stop, result)
+    except FetchError as exc:
+        result["error"] = exc
+    except BaseException as exc:        # whatever it was: one line in the main thread
+        result["error"] = FetchError(f"download of {redact(url)} failed ({type(exc).__name__}: {_one_line(exc)}); "
+                                     "nothing written")
+
+
+def _download(url: str, dest: Path, max_bytes: int, expected_size: int | None, deadline: float, stop,
+              result: dict) -> str:
+    shown = redact(url)                 # a mirror's URL may carry a token
     request = urllib.request.Request(url, headers={"User-Agent": f"edge-runtime/{__version__}"})
+    opener = urllib.request.build_opener(_Redirects())
     digest = hashlib.sha256()
     received = 0
     try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, dest.open("wb") as out:
+        timeout = max(1.0, min(DOWNLOAD_TIMEOUT_S, deadline - time.monotonic()))
+        with opener.open(request, timeout=timeout) as response, dest.open("wb") as out:
             length = response.headers.get("Content-Length")
             announced = int(length) if length and length.isdigit() else None
             if announced is not None and announced > max_bytes:
-                raise FetchError(f"{url} is {announced} bytes, more than the {max_bytes} expected; nothing written")
-            print(f"{PROG}: downloading {url}" + (f" ({announced / 1e6:.1f} MB)" if announced else ""),
+                raise FetchError(f"{shown} is {announced} bytes, more than the {max_bytes} expected; nothing written")
+            print(f"{PROG}: downloading {shown}" + (f" ({announced / 1e6:.1f} MB)" if announced else ""),
                   file=sys.stderr)
-            while chunk := response.read(CHUNK):
+            # read1: whatever one receive brings, so a trickle is seen against the deadline between reads
+            while chunk := response.read1(CHUNK):
                 received += len(chunk)
+                result["received"] = received
                 if received > max_bytes:
-                    raise FetchError(f"{url} sends more than the {max_bytes} bytes expected; nothing written")
+                    raise FetchError(f"{shown} sends more than the {max_bytes} bytes expected; nothing written")
+                if stop.is_set() or time.monotonic() > deadline:
+                    raise FetchError(f"download of {shown} did not finish in time; nothing written")
                 digest.update(chunk)
                 out.write(chunk)
     except FetchError:
         raise
     except urllib.error.HTTPError as exc:
-        raise FetchError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; nothing written") from None
+        if 300 <= exc.code < 400:       # urllib's own text for a loop is three lines
+            raise FetchError(f"cannot download {shown}: more than {MAX_REDIRECTS} redirects, or a redirect loop "
+                             f"(HTTP {exc.code}); nothing written") from None
+        raise FetchError(f"cannot download {shown}: HTTP {exc.code} {_one_line(exc.reason)}; nothing written") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise FetchError(f"cannot download {url} ({reason}); nothing written. Offline? Fetch the file on another "
-                         f"machine, copy it here, then: python -m edge_runtime fetch-model --from FILE.pth") from None
+        raise FetchError(f"cannot download {shown} ({_one_line(reason)}); nothing written. Offline? Fetch the file on "
+                         f"another machine, copy it here, then: python -m edge_runtime fetch-model --from FILE.pth") \
+            from None
     except Exception as exc:            # http.client.IncompleteRead and the like: a cut connection
-        raise FetchError(f"download of {url} broke off after {received} bytes ({type(exc).__name__}); "
+        raise FetchError(f"download of {shown} broke off after {received} bytes ({type(exc).__name__}); "
                          "nothing written") from None
     want = announced if announced is not None else expected_size
     if want is not None and received != want:
-        raise FetchError(f"download of {url} is truncated: {received} of {want} bytes; nothing written")
+        raise FetchError(f"download of {shown} is truncated: {received} of {want} bytes; nothing written")
     return digest.hexdigest()
 
 
@@ -198,8 +285,8 @@ def make_model(args: argparse.Namespace, workdir: Path):
             path = workdir / "weights.pth"
             size = None if args.sha256 else pinned.size
             actual = download(url, path, max_bytes=size + (1 << 16) if size else MAX_DOWNLOAD_BYTES,
-                              expected_size=size)
-            source = url
+                              expected_size=size, deadline_s=args.timeout)
+            source = redact(url)
         else:
             path = Path(args.source)
             if not path.is_file():
@@ -235,7 +322,7 @@ def make_model(args: argparse.Namespace, workdir: Path):
     try:
         return builder.build(state, net, spec, meta), weights, labels is None
     except builder.WeightsError as exc:
-        raise FetchError(f"{args.source}: {exc}; nothing written") from None
+        raise FetchError(f"{redact(str(args.source))}: {exc}; nothing written") from None
 
 
 def verify(model, path: Path) -> None:
@@ -265,10 +352,28 @@ def run(args: argparse.Namespace) -> int:
         raise FetchError(f"--output {output}: expected a file name ending in .onnx")
     if output.is_dir():
         raise FetchError(f"--output {output} is a folder")
+    made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]   # deepest first
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(made)
         raise FetchError(f"--output {output}: cannot make its folder ({exc.strerror or exc})") from None
+    try:
+        return _run(args, output)
+    except BaseException:
+        _remove_empty(made)             # a failed run leaves no folder it made behind
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()              # only if empty: never anything someone else put there
+        except OSError:
+            pass
+
+
+def _run(args: argparse.Namespace, output: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-fetch-") as work:
         model, weights, unlabelled = make_model(args, Path(work))
         tmp = None
