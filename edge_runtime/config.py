@@ -116,6 +116,10 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = field((), help="extra Host names to serve (DNS names this device is reached by)")
     collect_dir: str | None = field(None, help="dataset folder for the live page's 'save this frame as' control "
                                               "(DIR/LABEL/*.jpg, as `collect`); unset: off")
+    collect_max_per_label: int = field(1000, check=between(1, 1_000_000),
+                                       help="POST /collect refuses (507) a label folder holding this many")
+    collect_max_total: int = field(10000, check=between(1, 10_000_000),
+                                   help="... and a dataset holding this many pictures in all")
 
 
 @dataclass(frozen=True)
