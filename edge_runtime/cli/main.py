@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{config_mod.AUTO_BATCH} when the model takes a batch, else 1); live and --realtime "
                         "sources: 1")
     p.add_argument("--top-k", type=int, metavar="K", help="labels per prediction (default 5)")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="stop after N processed frames (N frames in a row refused for NaN/inf: exit 2)")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 5)")
     p.add_argument("--loop", action="store_true", default=None, help="restart a file or folder at its end")
     p.add_argument("--realtime", action="store_true", default=None, help="pace a video file at its frame rate")
