@@ -91,6 +91,9 @@ def run_strict(tmp_path: Path, *args, env_extra: dict | None = None, timeout: fl
     ("https://h/live#access_token=abc", "https://h/live#access_token=***"),
     ("https://h/?apiKey=1;sessionid=2;PIN=3;pine=4", "https://h/?apiKey=***;sessionid=***;PIN=***;pine=4"),
     ("https://h/?pass%77ord=x", "https://h/?pass%77ord=***"),          # a percent-encoded name is decoded
+    ("http://dvr/cgi?u=admin&p=1234&PHPSESSID=ab&hmac_sha=cd", "http://dvr/cgi?u=admin&p=***&PHPSESSID=***&hmac_sha=***"),
+    ("https://share.example/file/ID#K3yS3cr3tInFragment", "https://share.example/file/ID#***"),
+    ("https://h/clip.mp4#t=10", "https://h/clip.mp4#t=10"),               # a media fragment stays
     ("https://h/?next=http://u:p@x/%3F&a=b?token=t", "https://h/?next=http://***@x/%3F&a=b?token=***"),
     ("/srv/images/a@b:c", "/srv/images/a@b:c"),
     ("no uri here: user:pass@host", "no uri here: user:pass@host"),

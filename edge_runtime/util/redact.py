@@ -14,12 +14,14 @@ The rule (applied to every `scheme://…` in a text):
 2. **Credential-like parameters, in the query and in the fragment.** In every `name=value` that follows
    '?', '&', ';' or '#', the value becomes `***` when the name looks like a credential: the name is
    percent-decoded and lower-cased, and it looks like a credential when it CONTAINS one of
-   `SECRET_STEMS` (pas, pwd, secret, token, auth, key, sig, cred, session, jwt, cookie, bearer, priv)
-   or IS one of `SECRET_NAMES` (pw, pin, psk, otp, sid, code, hash, ticket, nonce). Examples:
+   `SECRET_STEMS` (pas, pwd, secret, token, auth, key, sig, cred, sess, jwt, cookie, bearer, priv, hmac)
+   or IS one of `SECRET_NAMES` (p, pw, pin, psk, otp, sid, code, hash, ticket, nonce). Examples:
    `password`, `passphrase`, `loginpas`, `auth_token`, `access_key`, `apikey`, `client_secret`,
-   `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `sessionid`, `jwt`, in any case. A
-   substring rule masks a harmless value now and then (`keyframe=`); that is the price of never missing
-   a new spelling of "token".
+   `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `sessionid`, `PHPSESSID`, `jwt`, in
+   any case. A substring rule masks a harmless value now and then (`keyframe=`); that is the price of
+   never missing a new spelling of "token".
+3. **A bare fragment** (`#` followed by no `name=value`, as in share links that carry the key there)
+   becomes `#***`.
 
 What cannot be recognised stays as it is: a secret in a path segment (`/live/SECRET/stream`).
 
@@ -43,10 +45,10 @@ MASK = "***"
 # Substrings of a parameter name that mark its value as a secret (rule 2 of the module docstring):
 # ?password=, &pwd=, &loginpas= (Foscam), passphrase= (SRT), token/key/sig (cloud relays, HLS, S3/GCS/Azure
 # pre-signed URLs: X-Amz-Signature, X-Goog-Credential, sig=), session ids, JWTs.
-SECRET_STEMS = ("pas", "pwd", "secret", "token", "auth", "key", "sig", "cred", "session", "jwt", "cookie",
-                "bearer", "priv")
+SECRET_STEMS = ("pas", "pwd", "secret", "token", "auth", "key", "sig", "cred", "sess", "jwt", "cookie",
+                "bearer", "priv", "hmac")
 # Short names that are secrets only as a whole name (as substrings they would match everything).
-SECRET_NAMES = frozenset({"pw", "pin", "psk", "otp", "sid", "code", "hash", "ticket", "nonce"})
+SECRET_NAMES = frozenset({"p", "pw", "pin", "psk", "otp", "sid", "code", "hash", "ticket", "nonce"})
 
 _PARAM = re.compile(r"([?&;#])([^=&;#?\s]+)(=)([^&;#\s]*)")          # in free text: a space ends it
 _PARAM_WHOLE = re.compile(r"([?&;#])([^=&;#?]+)(=)([^&;#]*)")           # one whole URI: spaces belong to it
@@ -77,6 +79,9 @@ def _mask_authority(authority: str) -> str:
 
 
 def _mask_uri(scheme: str, authority: str, rest: str, whole: bool = False) -> str:
+    path, hash_, fragment = rest.partition("#")
+    if hash_ and fragment and "=" not in fragment:
+        rest = f"{path}#{MASK}"                     # rule 3: a bare fragment
     return scheme + _mask_authority(authority) + _mask_params(rest, _PARAM_WHOLE if whole else _PARAM)
 
 
