@@ -12,7 +12,8 @@
   GET /snapshots/F   an event's snapshot JPEG (only the snapshot folder's own files)
   POST /collect?label=L[&region=R]   with http.collect_dir set: the latest frame (or region R's crop) as a
                      training image in collect_dir/L/, as `python -m edge_runtime collect` saves it;
-                     cross-site requests (Origin, else Referer, not this page's host) get 403
+                     cross-site requests (Origin, else Referer, not this page's host) get 403; bounded per
+                     label and in total (507) and in rate (429) by teach/budget.py
 
 From the inference loop, prediction() only stores references (record, frame image) and feeds the
 latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
