@@ -584,3 +584,27 @@ def test_a_stream_that_opens_and_ends_at_once_is_not_reopened_in_a_tight_loop(tm
     assert rc == 0
     assert 2 <= len(gets) <= 6, f"{len(gets)} opens in ~3 s"      # 0.2, 0.4, 0.8, 1.6 s apart
     assert len(err) < 20, "\n".join(err[-30:])
+
+
+def test_refusal_streak_backs_off_says_so_once_a_minute_and_recovers(caplog):
+    """The streak on its own (core/refusals.py): the pause doubles to its ceiling, a passing frame ends
+    it, and a model that flaps is not a warning per streak."""
+    from edge_runtime.core.refusals import BACKOFF_AFTER, PAUSE_MAX, RefusalStreak
+
+    stop = threading.Event()
+    streak = RefusalStreak(stop, max_frames=None)
+    why = ValueError("the model's output holds NaN or infinity")
+    with caplog.at_level(logging.INFO, logger="edge_runtime.core.pipeline"):
+        for _ in range(3):                       # three streaks, a frame passing between them
+            for i in range(BACKOFF_AFTER + 10):
+                streak.refused(i, why)
+            assert streak.pause == PAUSE_MAX and not stop.is_set()
+            streak.passed(999)
+            assert streak.pause == 0 and streak.in_a_row == 0
+    said = [r.getMessage() for r in caplog.records if "every frame since frame" in r.getMessage()]
+    assert len(said) == 1 and "frame 0" in said[0]
+    assert sum("passes again" in r.getMessage() for r in caplog.records) == 3
+    bounded = RefusalStreak(stop, max_frames=3)
+    for i in range(3):
+        bounded.refused(10 + i, why)
+    assert stop.is_set() and "the last 3 frame(s) (from frame 10)" in bounded.gave_up

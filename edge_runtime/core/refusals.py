@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from edge_runtime.util.ratelimit import RateLimited
+
 log = logging.getLogger("edge_runtime.core.pipeline")
 
 BACKOFF_AFTER = 25          # about a second of a camera: a short burst of bad frames is not a pattern
@@ -34,6 +36,7 @@ class RefusalStreak:
         self.pause = 0.0
         self.gave_up: str | None = None     # the error line when max_frames refused frames ended the run
         self._lock = threading.Lock()
+        self._said = RateLimited(60.0)      # a model that flaps (25 refused, 1 passes, ...) is said once a minute
 
     def refused(self, index: int, why: Exception) -> None:
         with self._lock:
@@ -48,8 +51,8 @@ class RefusalStreak:
                 self.stop.set()
                 return
             if n == BACKOFF_AFTER:
-                log.warning("every frame since frame %d is refused (%s): trying one frame every %g s, up to every "
-                            "%g s, until one passes", self.first_index, why, PAUSE_INITIAL, PAUSE_MAX)
+                self._said.warn(log, "every frame since frame %d is refused (%s): trying one frame every %g s, up to "
+                                "every %g s, until one passes", self.first_index, why, PAUSE_INITIAL, PAUSE_MAX)
             if n >= BACKOFF_AFTER:
                 self.pause = PAUSE_INITIAL if self.pause == 0 else min(PAUSE_MAX, 2 * self.pause)
 
@@ -58,7 +61,7 @@ class RefusalStreak:
             return
         with self._lock:
             if self.in_a_row >= BACKOFF_AFTER:
-                log.warning("frame %d passes again after %d refused frames; back to full speed", index, self.in_a_row)
+                log.info("frame %d passes again after %d refused frames; back to full speed", index, self.in_a_row)
             self.in_a_row, self.first_index, self.pause = 0, None, 0.0
 
     def wait(self) -> None:
