@@ -19,7 +19,7 @@ from edge_runtime.util.addresses import parse_broker_url, parse_listen
 from edge_runtime.engines.litert import LiteRTOptions
 from edge_runtime.util.errors import ConfigError
 from edge_runtime.watch.gate import ClassifyConfig
-from edge_runtime.watch.regions import RegionConfig, check_unique
+from edge_runtime.watch.regions import RegionConfig, check_count, check_unique
 from edge_runtime.util.schema import Invalid, all_of, at_most, between, field, greater_than, one_of
 from edge_runtime.watch.snapshots import SnapshotConfig
 
@@ -120,6 +120,10 @@ class HttpConfig:
                                               "(DIR/LABEL/*.jpg, as `collect`); unset: off")
     state_dir: str | None = field(None, help="the Teach page's taught models and which region runs which "
                                             "(default: collect_dir/.taught); never the config file")
+    collect_max_per_label: int = field(1000, check=between(1, 1_000_000),
+                                       help="POST /collect refuses (507) a label folder holding this many")
+    collect_max_total: int = field(10000, check=between(1, 10_000_000),
+                                   help="... and a dataset holding this many pictures in all")
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ class Config:
     def __post_init__(self):
         if self.source is not None and self.camera is not None:
             raise Invalid("source", "give either source or camera, not both")
+        check_count(self.regions)
         check_unique(self.regions)
 
 

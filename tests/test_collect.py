@@ -167,13 +167,66 @@ def test_names_never_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".jpg")] == []
 
 
+# --- planted links (issue 28.6) ---------------------------------------------------------------------
+
+def test_links_planted_at_the_writers_names_are_never_written_through(tmp_path, monkeypatch):
+    """Another account on the board plants symlinks to a victim file at the temporary name the writer
+    used to use (.collect-<pid>.tmp) and at the next final names (frozen clock): the victim is untouched,
+    the links stay links, and every picture is written under a name of its own."""
+    import time as time_mod
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "open"
+    folder.mkdir()
+    (folder / f".collect-{os.getpid()}.tmp").symlink_to(victim)
+    now = 1_800_000_000.25
+    monkeypatch.setattr(time_mod, "time", lambda: now)
+    stamp = time_mod.strftime("%Y%m%d-%H%M%S", time_mod.localtime(now)) + ".250"
+    for n in range(1, 4):
+        (folder / f"{stamp}_{n:04d}.jpg").symlink_to(victim)            # links to the victim
+    (folder / f"{stamp}_0004.jpg").symlink_to(tmp_path / "nowhere")     # a dangling one
+    writer = Writer(folder, "")
+    paths = [writer.save(np.full((8, 8, 3), 100, np.uint8)) for _ in range(3)]
+    assert victim.read_text() == "precious"
+    assert [p.name for p in paths] == [f"{stamp}_{n:04d}.jpg" for n in (5, 6, 7)]
+    assert all(p.is_file() and not p.is_symlink() and cv2.imread(str(p)) is not None for p in paths)
+    links = sorted(p.name for p in folder.iterdir() if p.is_symlink())
+    assert len(links) == 5 and not (tmp_path / "nowhere").exists()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+
+
+@pytest.mark.parametrize("target", ["outside", "file"])
+def test_a_label_folder_that_is_a_symlink_is_refused(tmp_path, target):
+    out = tmp_path / "dataset"
+    out.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if target == "file":
+        outside = tmp_path / "victim.txt"
+        outside.write_text("precious")
+    (out / "open").symlink_to(outside)
+    result = collect("--source", "synthetic://64x48", "--out", out, "--label", "open", "--count", "2",
+                     "--every", "0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "symbolic link" in lines[-1] and "Traceback" not in result.stderr, result.stderr
+    if target == "file":
+        assert outside.read_text() == "precious"
+    else:
+        assert list(outside.iterdir()) == []
+    # The writer refuses it too, even if the link is planted after the folder was checked.
+    with pytest.raises(Exception, match="symbolic link"):
+        Writer(out / "open", "").save(np.zeros((8, 8, 3), np.uint8))
+
+
 def test_a_stream_that_cannot_be_opened_is_one_line_without_its_password(tmp_path):
     port = free_port()          # nothing listens there: the connection is refused at once
     result = collect("--source", f"rtsp://viewer:s3cret@127.0.0.1:{port}/live", "--out", tmp_path / "d",
                      "--label", "x")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("ERROR") and "cannot open source rtsp://viewer:***@127.0.0.1" in lines[-1]
+    assert lines[-1].startswith("ERROR") and "cannot open source rtsp://***@127.0.0.1" in lines[-1]
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
 

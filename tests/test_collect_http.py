@@ -51,8 +51,8 @@ def record(i: int, region: str | None = None, untrained: bool = False) -> dict:
     return rec
 
 
-def start_sink(collect_dir=None, regions=(DOOR, GATE)) -> HttpSink:
-    cfg = config_mod.HttpConfig(listen="127.0.0.1:0", collect_dir=str(collect_dir) if collect_dir else None)
+def start_sink(collect_dir=None, regions=(DOOR, GATE), **http) -> HttpSink:
+    cfg = config_mod.HttpConfig(listen="127.0.0.1:0", collect_dir=str(collect_dir) if collect_dir else None, **http)
     sink = HttpSink(cfg).start(SinkContext(stats=Stats(), regions=tuple(regions)))
     sink.origin = f"http://127.0.0.1:{sink.address[1]}"
     return sink
@@ -135,6 +135,78 @@ def test_hostile_labels_and_regions_are_refused(sink, tmp_path, query):
     status, body = post(sink, query, {"Origin": sink.origin})
     assert status == 400 and body["error"], body
     assert files(tmp_path) == [] and not (tmp_path / "escape").exists()
+
+
+def test_a_symlinked_label_folder_is_refused(sink, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "open").symlink_to(outside)
+    status, body = post(sink, "label=open&region=door", {"Origin": sink.origin})
+    assert status == 500 and "symbolic link" in body["error"], body
+    assert list(outside.iterdir()) == []
+
+
+def test_saves_are_bounded_per_label_and_in_total(tmp_path, caplog):
+    """http.collect_max_per_label / collect_max_total: refused with 507 and a JSON error, nothing written,
+    one warning a minute; pictures already there count (listed once); others labels go on meanwhile."""
+    import logging
+
+    data = tmp_path / "dataset"
+    (data / "open").mkdir(parents=True)
+    for i in range(2):
+        cv2.imwrite(str(data / "open" / f"old_{i}.jpg"), np.zeros((4, 4, 3), np.uint8))
+    s = start_sink(data, collect_max_per_label=3, collect_max_total=5)
+    try:
+        feed(s)
+        with caplog.at_level(logging.WARNING, logger="edge_runtime.web.http"):
+            status, body = post(s, "label=open")
+            assert status == 200 and body["images"] == 3, body            # the 2 there, and this one
+            refused = [post(s, "label=open") for _ in range(4)]
+            assert all(code == 507 and "collect_max_per_label (3)" in b["error"] for code, b in refused), refused
+            assert [post(s, "label=closed")[0] for _ in range(2)] == [200, 200]
+            status, body = post(s, "label=unlabeled")
+            assert status == 507 and "collect_max_total (5)" in body["error"] and "nothing saved" in body["error"]
+        assert len(files(data / "open")) == 3 and len(files(data / "closed")) == 2 and not (data / "unlabeled").exists()
+        warned = [r.getMessage() for r in caplog.records if "POST /collect refused" in r.getMessage()]
+        assert len(warned) == 1, warned                                   # 5 refusals, one warning
+    finally:
+        s.close()
+
+
+def test_save_budget_counts_in_memory_rescans_at_a_bound_and_limits_the_rate(tmp_path):
+    from edge_runtime.teach.budget import RATE_PER_S, RESCAN_EVERY_S, Refused, SaveBudget
+
+    now = [0.0]
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        (tmp_path / "a" / f"{i}.jpg").write_bytes(b"x")
+    (tmp_path / "a" / ".hidden.jpg").write_bytes(b"x")              # temp files and links do not count
+    (tmp_path / "a" / "link.jpg").symlink_to(tmp_path / "a" / "0.jpg")
+    budget = SaveBudget(tmp_path, per_label=4, total=100, clock=lambda: now[0])
+    assert budget.reserve("a") == 4
+    (tmp_path / "a" / "3.jpg").write_bytes(b"x")                    # the reserved picture, written
+    with pytest.raises(Refused) as exc:
+        budget.reserve("a")                                         # at the bound: listed again, still 4
+    assert exc.value.status == 507
+    (tmp_path / "a" / "0.jpg").unlink()                             # removed by hand...
+    (tmp_path / "a" / "1.jpg").unlink()
+    with pytest.raises(Refused):
+        budget.reserve("a")                                         # ...seen at the next rescan, not before
+    now[0] += RESCAN_EVERY_S + 0.1
+    assert budget.reserve("a") == 3                                 # 2 left, and this one
+    budget.release("a")
+    now[0] += 10
+    codes = []
+    for _ in range(RATE_PER_S + 5):                                 # a burst in no time at all
+        try:
+            budget.reserve(f"b{len(codes) % 3}")
+            codes.append(200)
+        except Refused as e:
+            codes.append(e.status)
+    assert codes.count(200) == RATE_PER_S and codes.count(429) == 5
+    now[0] += 1.0
+    assert budget.reserve("c") == 1                                 # the rate refills
 
 
 def test_collect_dir_unset_is_404_and_no_frame_yet_is_503(tmp_path):

@@ -12,13 +12,14 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, daemon_env, run_daemon
-from pthfile import state_dict_pickle, write_pth
+from pthfile import state_dict_pickle, write_aliasing_pth, write_checkpoint, write_pth
 
 onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
@@ -202,6 +203,110 @@ def test_unreachable_server_says_what_to_do_offline(tmp_path, capsys):
     assert "Offline?" in err and "--from FILE.pth" in err and leftovers(tmp_path) == []
 
 
+class Trickler:
+    """A hostile 'mirror' on 127.0.0.1: /body sends its headers, then one byte every 0.1 s of a large body;
+    /head sends even the status line a byte at a time; /loop redirects to itself; /ftp and /file redirect
+    to other schemes; /deep redirects 10 times."""
+
+    def __init__(self):
+        import socket as socket_mod
+
+        self.sock = socket_mod.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            conn.settimeout(5)
+            path = conn.recv(4096).split(b" ")[1].decode().split("?")[0]
+            if path.startswith("/body"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+                while not self.stop.is_set():
+                    conn.sendall(b"x")
+                    time.sleep(0.1)
+            elif path == "/head":
+                for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"y" * 10000:
+                    if self.stop.is_set():
+                        break
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            else:
+                target = {"/loop": "/loop", "/ftp": "ftp://127.0.0.1/w.pth", "/file": "file:///etc/passwd"}.get(path)
+                if target is None and path.startswith("/deep"):
+                    n = int(path[5:] or 0)
+                    target = f"/deep{n + 1}"
+                conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n"
+                             "Connection: close\r\n\r\n".encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def trickler():
+    t = Trickler()
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize("path", ["/body", "/head"])
+def test_a_trickling_server_is_given_up_at_the_deadline(trickler, tmp_path, capsys, path):
+    out = tmp_path / "new" / "deeper" / "m.onnx"
+    t0 = time.monotonic()
+    rc, stdout, err = fetch_model(capsys, "--from", trickler.url(path) + "?token=s3cr3t-t0k", "--sha256", "0" * 64,
+                                  "--output", out, "--timeout", "1.5")
+    took = time.monotonic() - t0
+    assert rc == 2 and stdout == "" and one_error(err), err
+    assert "did not finish" in err and ("--timeout" in err or "in time" in err), err
+    assert "s3cr3t-t0k" not in err and "token=***" in err
+    assert took < 30, took                                    # not the 10 MB at 10 bytes a second
+    assert leftovers(tmp_path) == []                          # the folders it made are gone again
+
+
+@pytest.mark.parametrize("path, expect", [
+    ("/loop", "redirect"),
+    ("/deep", "redirect"),
+    ("/ftp", "not http(s)://"),
+    ("/file", "not http(s)://"),
+])
+def test_redirect_errors_are_one_line(trickler, tmp_path, capsys, path, expect):
+    out = tmp_path / "made" / "m.onnx"
+    rc, stdout, err = fetch_model(capsys, "--from", trickler.url(path), "--sha256", "0" * 64, "--output", out)
+    assert rc == 2 and stdout == "" and one_error(err) and err.count("\n") == 1, err
+    assert expect in err and "nothing written" in err, err
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failed_download_keeps_folders_that_were_there(server, tmp_path, capsys):
+    keep = tmp_path / "models"
+    keep.mkdir()
+    (keep / "other.onnx").write_bytes(b"x")
+    rc, _, err = fetch_model(capsys, "--from", server.url("/missing.pth"), "--sha256", "0" * 64,
+                             "--output", keep / "sub" / "m.onnx")
+    assert rc == 2 and "HTTP 404" in err
+    assert leftovers(tmp_path) == ["models"] and leftovers(keep) == ["other.onnx"]
+
+
 def test_local_file_and_the_command_line(weights, tmp_path):
     """Through `python -m edge_runtime fetch-model`, as a user runs it (cwd: the default output folder)."""
     path, _ = weights
@@ -282,6 +387,110 @@ def test_pth_reader_bounds_views_and_dtypes(tmp_path):
     bomb = bomb.replace(one, same)                 # size (1,), stride (1,) -> size (10**9,), stride (0,)
     with pytest.raises(pth.PthError, match="more elements than its storage"):
         pth.load(write_pth(tmp_path / "bomb.pth", {"a": np.zeros(1, np.float32)}, pickle_bytes=bomb))
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(weights, tmp_path, capsys):
+    """The temporary model file used to be .<name>.<pid>.tmp: a link planted there by another account
+    overwrote its target. Now it has a random name, created exclusively."""
+    import os
+
+    path, _ = weights
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "models" / "m.onnx"
+    out.parent.mkdir()
+    planted = out.parent / f".m.onnx.{os.getpid()}.tmp"
+    planted.symlink_to(victim)
+    rc, _, err = fetch_model(capsys, "--from", path, "--output", out)
+    assert rc == 0, err
+    assert victim.read_text() == "precious" and planted.is_symlink()
+    assert out.is_file() and not out.is_symlink() and out.stat().st_size > 5e6
+    assert leftovers(out.parent) == sorted([planted.name, "m.onnx"])
+
+
+# -- memory bounds and checkpoint fields (issue 28.4) ----------------------------------------------------
+
+def fetch_model_limited(*args, limit_mb: int = 400) -> subprocess.CompletedProcess:
+    """`python -m edge_runtime fetch-model` under an address-space limit: a refusal must come before any
+    large allocation, as one line and exit 2, not a MemoryError traceback or a kill."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    return subprocess.run([sys.executable, "-m", "edge_runtime", "fetch-model", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=daemon_env(), cwd=REPO, preexec_fn=limit)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("deflated-zeros", "more bytes than the file"),      # 64 MB of zeros in a few KB, viewed 20 times
+    ("aliased-copies", "add up to more than the file"),  # 4 MB stored once, viewed 300 times: 1.2 GB of copies
+    ("huge-dim", "invalid shape"),                       # a size of (0, 2**62): no bytes, no sense
+    ("huge-dims", "invalid shape"),
+])
+def test_pth_files_that_amplify_memory_are_one_line_under_a_memory_limit(tmp_path, case, expect):
+    path = tmp_path / f"{case}.pth"
+    if case == "deflated-zeros":
+        write_aliasing_pth(path, 16 << 20, 20, deflate=True)
+    elif case == "aliased-copies":
+        write_aliasing_pth(path, 1 << 20, 300, deflate=False)
+    elif case == "huge-dim":
+        write_aliasing_pth(path, 4, 1, deflate=False, size=(0, 2**62))
+    else:
+        write_aliasing_pth(path, 4, 3, deflate=False, size=(2**40, 0, 2**40))
+    assert path.stat().st_size < 5 << 20
+    out = tmp_path / "m.onnx"
+    proc = fetch_model_limited("--from", path, "--output", out)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+    assert one_error(proc.stderr) and expect in proc.stderr and str(path) in proc.stderr, proc.stderr
+    assert not out.exists() and "MemoryError" not in proc.stderr
+
+
+def test_a_pickle_of_shared_references_is_walked_once(tmp_path):
+    """50 references to a list of 50 references to ... 20 levels deep: 50**20 paths, 20 objects."""
+    nested: list = []
+    for _ in range(20):
+        nested = [nested] * 50
+    data = pickle.dumps(nested, protocol=2)
+    got = pth.load(write_pth(tmp_path / "nest.pth", {"a": np.zeros(1, np.float32)}, pickle_bytes=data))
+    assert isinstance(got, list) and len(got) == 50 and got[0] is got[1]
+
+
+@pytest.mark.parametrize("extras, key", [
+    ({"width_mult": "abc"}, "width_mult"),
+    ({"width_mult": []}, "width_mult"),
+    ({"width_mult": -1.0}, "width_mult"),
+    ({"width_mult": 1e9}, "width_mult"),
+    ({"width_mult": True}, "width_mult"),
+    ({"input_size": [-5, -5]}, "input_size"),
+    ({"input_size": ["a", "b"]}, "input_size[0]"),
+    ({"input_size": [224]}, "input_size"),
+    ({"input_size": [100000, 100000]}, "input_size"),
+    ({"input_size": "224"}, "input_size"),
+    ({"arch": 5}, "arch"),
+    ({"arch": "resnet18"}, "arch"),
+    ({"classes": [1, 2]}, "classes[0]"),
+    ({"classes": "tench"}, "classes"),
+])
+def test_crafted_checkpoint_fields_are_one_line(weights, tmp_path, capsys, extras, key):
+    _, state = weights
+    path = write_checkpoint(tmp_path / "ckpt.pth", state, {"arch": "mobilenet_v3_small", "width_mult": 1.0,
+                                                          "input_size": [224, 224], **extras})
+    out = tmp_path / "m.onnx"
+    rc, stdout, err = fetch_model(capsys, "--from", path, "--output", out)
+    assert rc == 2 and stdout == "" and one_error(err), err
+    assert f"key '{key}'" in err and str(path) in err and "nothing written" in err, err
+    assert not out.exists() and leftovers(tmp_path) == ["ckpt.pth"]
+
+
+def test_a_valid_checkpoint_still_makes_its_model(weights, tmp_path, capsys):
+    _, state = weights
+    path = write_checkpoint(tmp_path / "ckpt.pth", state, {"arch": "mobilenet_v3_small", "width_mult": 1.0,
+                                                          "input_size": [192, 192], "epoch": "anything"})
+    out = tmp_path / "m.onnx"
+    rc, _, err = fetch_model(capsys, "--from", path, "--output", out)
+    assert rc == 0, err
+    spec = from_metadata(props(out), str(out))
+    assert spec.input.size == (192, 192) and props(out)["edge_runtime.width_mult"] == "1"
 
 
 # -- the untrained demo model -------------------------------------------------------------------------------

@@ -226,6 +226,30 @@ def test_models_that_would_fail_on_their_first_frame_are_refused(case, expect, t
     assert f"model {path}" in line and expect in line, line
 
 
+@pytest.mark.parametrize("where, input_doc, key", [
+    ("sidecar", "{size: [32, 32], mean: [0, 0, 0], std: [1.0e-45, 1, 1]}", "input.std"),    # every frame NaN
+    ("sidecar", "{size: [32, 32], mean: [0, 0, 0], std: [1, 1, 1.0e+30]}", "input.std"),
+    ("sidecar", "{size: [32, 32], mean: [0, -1.0e+38, 0], std: [1, 1, 1]}", "input.mean"),
+    ("sidecar", "{size: [32, 32], mean: [0, .nan, 0], std: [1, 1, 1]}", "input.mean"),
+    ("metadata", '{"size": [32, 32], "mean": [0, 0, 0], "std": [0.229, 0.0, 0.225]}', "input.std"),
+    ("metadata", '{"size": [32, 32], "mean": [1e300, 0, 0], "std": [1, 1, 1]}', "input.mean"),
+])
+def test_mean_and_std_are_range_checked_when_the_description_is_read(tmp_path, where, input_doc, key):
+    path = tmp_path / "m.onnx"
+    if where == "metadata":
+        gap_model(path, ["N", 3, 32, 32], ["N", 3], spec_json='{"input": ' + input_doc + ', "labels": ["a", "b", "c"]}')
+    else:
+        gap_model(path, ["N", 3, 32, 32], ["N", 3])
+        del_model = onnx.load(str(path))
+        del del_model.metadata_props[:]
+        onnx.save(del_model, str(path))
+        (tmp_path / "m.yaml").write_text(f"input: {input_doc}\nlabels: [a, b, c]\n")
+    for extra in (["--validate-config"], ["--max-frames", "3"]):
+        result, _ = run_measured("--model", path, "--source", "synthetic://64x48", *extra)
+        line = one_error(result)
+        assert f"key '{key}" in line and "RuntimeWarning" not in result.stderr, line
+
+
 # --- property-based: generated YAML/JSON at the loaders ------------------------------------------
 
 KEYS = ["source", "model", "threads", "top_k", "capture", "mqtt", "http", "log", "level", "timeout", "width",

@@ -58,23 +58,43 @@ def run_strict(tmp_path: Path, *args, env_extra: dict | None = None, timeout: fl
 # --- redaction: one function, table-driven ----------------------------------------------------------
 
 @pytest.mark.parametrize("text, expect", [
-    ("rtsp://admin:pa55@cam.lan/stream", "rtsp://admin:***@cam.lan/stream"),
-    ("lost: http://u:p@h:80/x delivered no frame", "lost: http://u:***@h:80/x delivered no frame"),
+    ("rtsp://admin:pa55@cam.lan/stream", "rtsp://***@cam.lan/stream"),
+    ("lost: http://u:p@h:80/x delivered no frame", "lost: http://***@h:80/x delivered no frame"),
     ("synthetic://640x480?fps=30", "synthetic://640x480?fps=30"),
     # FFmpeg splits at the LAST '@' of the authority: '@' and ':' may stand in a password unencoded
-    ("rtsp://admin:p@ss@cam/live", "rtsp://admin:***@cam/live"),
-    ("rtsp://admin:p@ss:w:rd@10.0.0.9:554/a", "rtsp://admin:***@10.0.0.9:554/a"),
-    ("rtsp://admin:p%40ss%3Aw@cam/", "rtsp://admin:***@cam/"),
-    ("RTSP://Admin:Secret@CAM/x", "RTSP://Admin:***@CAM/x"),
-    ("rtsps://a:b@[fe80::1]:322/s", "rtsps://a:***@[fe80::1]:322/s"),
-    ("cannot open 'rtsp://a:b@cam/s'", "cannot open 'rtsp://a:***@cam/s'"),
-    ("two: http://a:1@x/ and rtmp://b:2@y/app", "two: http://a:***@x/ and rtmp://b:***@y/app"),
+    ("rtsp://admin:p@ss@cam/live", "rtsp://***@cam/live"),
+    ("rtsp://admin:p@ss:w:rd@10.0.0.9:554/a", "rtsp://***@10.0.0.9:554/a"),
+    ("rtsp://admin:p%40ss%3Aw@cam/", "rtsp://***@cam/"),
+    ("RTSP://Admin:Secret@CAM/x", "RTSP://***@CAM/x"),
+    ("rtsps://a:b@[fe80::1]:322/s", "rtsps://***@[fe80::1]:322/s"),
+    ("cannot open 'rtsp://a:b@cam/s'", "cannot open 'rtsp://***@cam/s'"),
+    ("two: http://a:1@x/ and rtmp://b:2@y/app", "two: http://***@x/ and rtmp://***@y/app"),
+    # userinfo always: a token alone, a percent-encoded pair, a token in the user-name field
+    ("rtsp://admin@cam/s", "rtsp://***@cam/s"),
+    ("https://ghp_T0KEN123@relay.example/live.m3u8", "https://***@relay.example/live.m3u8"),
+    ("http://user%3Apass@cam/x", "http://***@cam/x"),
+    ("https://T0KEN:x-oauth-basic@git.example/x", "https://***@git.example/x"),
+    ("http://:onlypw@cam/", "http://***@cam/"),
     ("http://cam/snap.cgi?user=admin&password=hunter2&res=1", "http://cam/snap.cgi?user=admin&password=***&res=1"),
     ("http://cam/cgi?usr=a&pwd=hunter2", "http://cam/cgi?usr=a&pwd=***"),
     ("http://cam/cgi?loginuse=a&loginpas=hunter2", "http://cam/cgi?loginuse=a&loginpas=***"),
     ("srt://relay:9000?mode=caller&passphrase=hunter2hunter2", "srt://relay:9000?mode=caller&passphrase=***"),
     ("https://relay/live.m3u8?TOKEN=abc&x=1", "https://relay/live.m3u8?TOKEN=***&x=1"),
-    ("rtsp://admin@cam/s", "rtsp://admin@cam/s"),          # a user name alone is not a secret
+    # credential-like names by rule, any case, in the query and in the fragment
+    ("https://h/a?auth_token=1&Access_Key=2&CLIENT_SECRET=3&jwt=4&session=5&apitoken=6&fps=30",
+     "https://h/a?auth_token=***&Access_Key=***&CLIENT_SECRET=***&jwt=***&session=***&apitoken=***&fps=30"),
+    ("https://b.s3.example/o?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab12&"
+     "X-Amz-Security-Token=zz", "https://b.s3.example/o?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&"
+     "X-Amz-Signature=***&X-Amz-Security-Token=***"),
+    ("https://acct.blob.example/c/v.mp4?sv=2020&sp=r&sig=abc%3D", "https://acct.blob.example/c/v.mp4?sv=2020&sp=r&sig=***"),
+    ("https://h/live#token=abc&x=1", "https://h/live#token=***&x=1"),
+    ("https://h/live#access_token=abc", "https://h/live#access_token=***"),
+    ("https://h/?apiKey=1;sessionid=2;PIN=3;pine=4", "https://h/?apiKey=***;sessionid=***;PIN=***;pine=4"),
+    ("https://h/?pass%77ord=x", "https://h/?pass%77ord=***"),          # a percent-encoded name is decoded
+    ("http://dvr/cgi?u=admin&p=1234&PHPSESSID=ab&hmac_sha=cd", "http://dvr/cgi?u=admin&p=***&PHPSESSID=***&hmac_sha=***"),
+    ("https://share.example/file/ID#K3yS3cr3tInFragment", "https://share.example/file/ID#***"),
+    ("https://h/clip.mp4#t=10", "https://h/clip.mp4#t=10"),               # a media fragment stays
+    ("https://h/?next=http://u:p@x/%3F&a=b?token=t", "https://h/?next=http://***@x/%3F&a=b?token=***"),
     ("/srv/images/a@b:c", "/srv/images/a@b:c"),
     ("no uri here: user:pass@host", "no uri here: user:pass@host"),
 ])
@@ -87,6 +107,9 @@ def test_redact(text, expect):
     ("rtsp://admin:a/b@cam/s", None),                       # '/' ends FFmpeg's authority: not a password
     ("http://u:s3cr3t@cam/x?password=other", "s3cr3t"),
     ("HTTP://u:s3cr3t@cam/x", "s3cr3t"),
+    ("rtsp://t0ken with space@cam/s", "t0ken with space"),
+    ("https://cam/x?password=pw with space&a=1", "pw with space"),
+    ("https://cam/x#Session=sp ace s3cr3t", "s3cr3t"),
 ])
 def test_display_uri_treats_the_whole_string_as_one_uri(uri, secret):
     shown = display_uri(uri)
@@ -122,7 +145,7 @@ def test_log_sanitizer_redacts_and_keeps_one_line(caplog):
         logger.removeHandler(handler)
         logger.setLevel(level)
         logging.disable(disabled)
-    assert seen == ["source lost: cannot open rtsp://a:***@cam/s", "model: net\\nERROR forged"]
+    assert seen == ["source lost: cannot open rtsp://***@cam/s", "model: net\\nERROR forged"]
 
 
 def test_rate_limited_by_time():
@@ -194,24 +217,85 @@ def images(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["nan", "div0", "scale"])
-def test_non_finite_results_are_refused_never_published(tmp_path, images, kind):
+def test_a_model_non_finite_on_a_blank_image_is_refused_at_start(tmp_path, images, kind):
+    """The start-up blank-image run checks the scores for finiteness: one line, exit 2, no frame spun on."""
     if kind == "scale":       # a sidecar whose output_scale overflows float32 (logits x inf)
         model = make_channel_model(tmp_path / "m.onnx", embed=False)
         (tmp_path / "m.yaml").write_text("input: {size: [32, 32], color: rgb, mean: [0, 0, 0], std: [1, 1, 1]}\n"
                                          "labels: [red, green, blue]\noutput: logits\noutput_scale: 1.0e+300\n")
     else:
         model = _nan_model(tmp_path, kind)
+    for extra in ([], ["--validate-config"]):
+        rc, out, err = run_strict(tmp_path, "--source", images, "--model", model, *extra)
+        assert rc == 2 and out == b"", err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err and "RuntimeWarning" not in err, err
+        assert ("blank image" in lines[0] and "NaN or infinity" in lines[0]) or "output_scale" in lines[0], err
+
+
+def _sqrt_neg_model(tmp_path: Path) -> Path:
+    """The channel model with logits = sqrt(-10 x channel means): finite (zero) on a black frame, so it
+    passes the start-up check, and NaN on every frame with any colour in it."""
+    path = make_channel_model(tmp_path / "sqrtneg.onnx")
+    model = onnx.load(str(path))
+    g = model.graph
+    mul = next(n for n in g.node if n.output[0] == "logits")
+    mul.output[0] = "pre"
+    g.node.extend([helper.make_node("Neg", ["pre"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["logits"])])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_non_finite_results_are_refused_never_published(tmp_path, images):
+    model = _sqrt_neg_model(tmp_path)
     rc, out, err = run_strict(tmp_path, "--source", images, "--model", model, "--lanes", "1", "--batch", "1")
-    if rc == 2:               # refusing such a sidecar at load time is as good: one line, exit 2
-        assert kind == "scale" and len(err.strip().splitlines()) == 1, err
-        return
     lines = strict_json_lines(out)
     assert rc == 0, err[-2000:]
-    assert [x for x in lines if x["type"] == "prediction"] == []
+    preds = [x for x in lines if x["type"] == "prediction"]
+    assert [p["path"].rsplit("/", 1)[-1] for p in preds] == ["3.png"]      # only the black one is finite
     final = lines[-1]
-    assert final["type"] == "stats" and final["frames_skipped"] == 4 and final["frames_processed"] == 0
+    assert final["type"] == "stats" and final["frames_skipped"] == 3 and final["frames_processed"] == 1
     refused = [line for line in err.splitlines() if "refused" in line]
     assert len(refused) == 1 and "NaN or infinity" in refused[0], err      # warned once, not per frame
+    assert "RuntimeWarning" not in err
+
+
+@pytest.mark.parametrize("frames", [1, 5, 40])
+def test_max_frames_ends_a_run_where_every_frame_is_refused(tmp_path, frames):
+    """--max-frames N and N frames in a row refused: the run ends with one error line, exit 2, and its
+    final stats line (it used to spin at full CPU for ever, N never reached)."""
+    model = _sqrt_neg_model(tmp_path)
+    rc, out, err = run_strict(tmp_path, "--source", "synthetic://64x48", "--model", model,
+                              "--max-frames", frames, timeout=120)
+    lines = strict_json_lines(out)
+    assert rc == 2, err[-2000:]
+    assert [x for x in lines if x["type"] == "prediction"] == []
+    assert lines[-1]["type"] == "stats" and lines[-1]["frames_processed"] == 0
+    assert lines[-1]["frames_skipped"] >= frames
+    stop = [line for line in err.splitlines() if "stopping: the last" in line]
+    assert len(stop) == 1 and f"--max-frames {frames}" in stop[0] and " ERROR " in stop[0], err
+    assert "Traceback" not in err and "RuntimeWarning" not in err
+
+
+@pytest.mark.parametrize("source", ["synthetic://64x48", "synthetic://64x48?fps=200"])
+def test_a_run_where_every_frame_is_refused_says_so_once_and_backs_off(tmp_path, source):
+    model = _sqrt_neg_model(tmp_path)
+    d = Daemon("--source", source, "--model", model, "--stats-interval", "1")
+    try:
+        wait_until(lambda: "every frame since frame" in d.stderr(), 30, "the refusal warning")
+        time.sleep(2.5)          # the pause reaches its 2 s ceiling
+        cpu0, t0 = _cpu_seconds(d.proc.pid), time.monotonic()
+        time.sleep(3.0)
+        cpu = _cpu_seconds(d.proc.pid) - cpu0
+        wall = time.monotonic() - t0
+        assert d.running()
+    finally:
+        rc = d.stop()
+    err = d.stderr()
+    assert rc == 0
+    assert cpu < 0.3 * wall, f"{cpu:.2f} s of CPU in {wall:.1f} s: still spinning on refused frames"
+    assert err.count("every frame since frame") == 1, err
+    assert err.count("refused (") <= 2 and "Traceback" not in err, err     # the per-frame warning: once a minute
 
 
 def test_non_utf8_uri_and_labels_keep_stdout_valid(tmp_path):
@@ -279,6 +363,11 @@ def camera_server(tmp_path_factory):
     ("http://cam:s3cr3t-pw@127.0.0.1:{port}/clip.avi", "s3cr3t-pw"),
     ("http://cam:p@ss:w0rd-x@127.0.0.1:{port}/clip.avi", "ss:w0rd-x"),          # '@' and ':' in the password
     ("http://127.0.0.1:{port}/clip.avi?user=cam&password=t0p-s3cret", "t0p-s3cret"),
+    ("http://T0KEN-0nly-s3cret@127.0.0.1:{port}/clip.avi", "T0KEN-0nly"),       # a token as the userinfo
+    ("http://cam%3As3cr3t-enc@127.0.0.1:{port}/clip.avi", "s3cr3t-enc"),       # percent-encoded user:pass
+    ("http://127.0.0.1:{port}/clip.avi?X-Amz-Credential=AKIAs3cr3t&X-Amz-Signature=51gs3cr3t", "s3cr3t"),
+    ("http://127.0.0.1:{port}/clip.avi?Auth_Token=t0k-s3cr3t&fps=30", "t0k-s3cr3t"),
+    ("http://127.0.0.1:{port}/clip.avi#jwt=eyJs3cr3t", "eyJs3cr3t"),            # a fragment parameter
 ])
 def test_no_secret_in_any_output(tmp_path, camera_server, form, secret):
     uri = form.format(port=camera_server)
@@ -495,3 +584,27 @@ def test_a_stream_that_opens_and_ends_at_once_is_not_reopened_in_a_tight_loop(tm
     assert rc == 0
     assert 2 <= len(gets) <= 6, f"{len(gets)} opens in ~3 s"      # 0.2, 0.4, 0.8, 1.6 s apart
     assert len(err) < 20, "\n".join(err[-30:])
+
+
+def test_refusal_streak_backs_off_says_so_once_a_minute_and_recovers(caplog):
+    """The streak on its own (core/refusals.py): the pause doubles to its ceiling, a passing frame ends
+    it, and a model that flaps is not a warning per streak."""
+    from edge_runtime.core.refusals import BACKOFF_AFTER, PAUSE_MAX, RefusalStreak
+
+    stop = threading.Event()
+    streak = RefusalStreak(stop, max_frames=None)
+    why = ValueError("the model's output holds NaN or infinity")
+    with caplog.at_level(logging.INFO, logger="edge_runtime.core.pipeline"):
+        for _ in range(3):                       # three streaks, a frame passing between them
+            for i in range(BACKOFF_AFTER + 10):
+                streak.refused(i, why)
+            assert streak.pause == PAUSE_MAX and not stop.is_set()
+            streak.passed(999)
+            assert streak.pause == 0 and streak.in_a_row == 0
+    said = [r.getMessage() for r in caplog.records if "every frame since frame" in r.getMessage()]
+    assert len(said) == 1 and "frame 0" in said[0]
+    assert sum("passes again" in r.getMessage() for r in caplog.records) == 3
+    bounded = RefusalStreak(stop, max_frames=3)
+    for i in range(3):
+        bounded.refused(10 + i, why)
+    assert stop.is_set() and "the last 3 frame(s) (from frame 10)" in bounded.gave_up

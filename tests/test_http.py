@@ -110,7 +110,7 @@ def test_every_endpoint_in_process(sink):
     latest = json.loads(body)
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert latest["frame"] == 99 and latest["top"][0]["label"] == "red"
-    assert latest["source"] == "rtsp://admin:***@cam/stream"           # no password on the network
+    assert latest["source"] == "rtsp://***@cam/stream"           # no password on the network
 
     status, headers, body = get(base + "/snapshot.jpg")
     image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
@@ -122,7 +122,7 @@ def test_every_endpoint_in_process(sink):
     assert status == 200 and json.loads(body)["status"] == "ok"
     sink.fake_health.update(healthy=False, status="source_lost", reason="source lost for 31 s: rtsp://a:b@c/ gone")
     status, headers, body = get(base + "/healthz")
-    assert status == 503 and json.loads(body)["reason"] == "source lost for 31 s: rtsp://a:***@c/ gone"
+    assert status == 503 and json.loads(body)["reason"] == "source lost for 31 s: rtsp://***@c/ gone"
 
     status, headers, body = get(base + "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")

@@ -123,8 +123,8 @@ def test_state_changes_only_after_min_frames_above_threshold():
 
 
 def test_redact_hides_passwords_in_any_uri():
-    assert redact("rtsp://admin:pa55@cam.lan/stream") == "rtsp://admin:***@cam.lan/stream"
-    assert redact("lost: http://u:p@h:80/x delivered no frame") == "lost: http://u:***@h:80/x delivered no frame"
+    assert redact("rtsp://admin:pa55@cam.lan/stream") == "rtsp://***@cam.lan/stream"
+    assert redact("lost: http://u:p@h:80/x delivered no frame") == "lost: http://***@h:80/x delivered no frame"
     assert redact("synthetic://640x480?fps=30") == "synthetic://640x480?fps=30"
 
 

@@ -93,6 +93,8 @@ BAD_REGIONS = [
     ("[{name: a, box: [0, 0, 1, 1], thresholds: {3: 0.5}}]", "regions[0].thresholds.3", "3"),
     ("[{name: a, box: [0, 0, 1, 1], thresholds: [open]}]", "regions[0].thresholds", "['open']"),
     ("{name: a, box: [0, 0, 1, 1]}", "regions", "a list"),
+    ("[" + ", ".join(f"{{name: r{i}, box: [0, 0, 1, 1]}}" for i in range(65)) + "]", "regions", "at most 64"),
+    ("[" + ", ".join(f"{{name: r{i}, box: [0, 0, 1, 1]}}" for i in range(1000)) + "]", "regions", "1000 regions"),
 ]
 
 
@@ -447,3 +449,66 @@ def test_a_group_works_its_windows_out_again_when_the_frame_size_changes(tiny_mo
         np.testing.assert_array_equal(group.tensor[:n], np.stack(expected))
         post = Postprocessor(engine.spec)
         assert tops == [post.top(engine.run_batch(group.pre(crop(image, r.box)))[0]) for r in regions]
+
+
+# --- bounds and labels checked against the model (issue 28.8) ------------------------------------
+
+def _daemon(tmp_path, *args, limit_as: int | None = None):
+    """The real daemon, optionally under an address-space limit (a bound must hold before any allocation)."""
+    import resource
+    import subprocess
+    import sys
+
+    from harness import REPO, daemon_env
+
+    def limit():
+        if limit_as:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    return subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=daemon_env(), cwd=REPO, preexec_fn=limit)
+
+
+def _errors(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if " ERROR " in line or line.startswith("ERROR")]
+
+
+@pytest.mark.parametrize("how", ["config", "flags"])
+def test_too_many_regions_is_one_line_before_anything_is_allocated(tmp_path, how):
+    from tiny_model import make_channel_model
+    model = make_channel_model(tmp_path / "m.onnx", size=(224, 224))
+    if how == "config":
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("regions:\n" + "".join(f"  - {{name: r{i}, box: [0, 0, 0.5, 0.5]}}\n" for i in range(1000)))
+        args = ["--config", cfg]
+    else:
+        args = [a for i in range(65) for a in ("--region", f"r{i}=0,0,0.5,0.5")]
+    for extra in (["--validate-config"], ["--max-frames", "1"]):
+        # 1000 regions of a 224x224 model took 2.8 GB: 1.5 GB of address space must be plenty for the refusal
+        proc = _daemon(tmp_path, "--model", model, "--source", "synthetic://64x48", *args, *extra,
+                       limit_as=1536 << 20)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = _errors(proc)
+        assert len(errors) == 1 and "at most 64" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_threshold_for_a_label_the_model_does_not_have_is_named(tmp_path):
+    from tiny_model import make_channel_model
+    model = make_channel_model(tmp_path / "m.onnx")          # labels red, green, blue
+    other = make_channel_model(tmp_path / "other.onnx", color="bgr")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""regions:
+  - {{name: left, box: [0, 0, 0.5, 1], thresholds: {{red: 0.6, purple: 0.8, Green: 0.7}}}}
+  - {{name: right, box: [0.5, 0, 0.5, 1], model: {other}, thresholds: {{blue: 0.9, open: 0.5}}}}
+""")
+    proc = _daemon(tmp_path, "--config", cfg, "--model", model, "--source", "synthetic://64x48", "--max-frames", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = [line for line in proc.stderr.splitlines() if "would never apply" in line]
+    assert len(warned) == 3, proc.stderr
+    assert "regions[0].thresholds.purple" in warned[0] and "'purple'" in warned[0]
+    assert "regions[0].thresholds.Green" in warned[1] and "did you mean 'green'" in warned[1]
+    assert "regions[1].thresholds.open" in warned[2] and "other.onnx" in warned[2]
+    assert not any("thresholds.red" in w or "thresholds.blue" in w for w in warned)
+    proc = _daemon(tmp_path, "--config", cfg, "--model", model, "--source", "synthetic://64x48", "--validate-config")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+    errors = _errors(proc)
+    assert len(errors) == 1 and "key 'regions[0].thresholds.purple'" in errors[0] and str(cfg) in errors[0], errors

@@ -4,6 +4,7 @@ same indices, labels and scores for every row, and a NaN/inf row refused alone."
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,8 +88,9 @@ def test_empty_block():
 
 
 def test_daemon_publishes_the_finite_region_when_another_is_refused(tmp_path):
-    """A model whose scores are NaN for a black crop only: the black region is left out (one warning),
-    the red region of the same frame is published; a frame whose regions are all refused is skipped."""
+    """A model whose scores are NaN for a red crop only (finite on a black image, so it passes the start-up
+    check): the red region is left out (one warning), the green region of the same frame is published; a
+    frame whose regions are all refused is skipped."""
     import subprocess
     import sys
 
@@ -102,28 +104,31 @@ def test_daemon_publishes_the_finite_region_when_another_is_refused(tmp_path):
     model = onnx.load(str(path))
     g = model.graph
     next(n for n in g.node if n.output[0] == "logits").output[0] = "pre"
-    # logits = pre * sqrt(sum(pre) - 1): NaN where the crop is black (sum 0), finite where it is red.
-    g.initializer.extend([numpy_helper.from_array(np.ones((3, 1), np.float32), "ones"),
-                          numpy_helper.from_array(np.array([1.0], np.float32), "one")])
-    g.node.extend([helper.make_node("MatMul", ["pre", "ones"], ["sum"]), helper.make_node("Sub", ["sum", "one"], ["d"]),
+    # logits = pre * sqrt(5 - red): NaN where the crop is red (red logit 10), finite where it has no red.
+    g.initializer.extend([numpy_helper.from_array(np.array([[1.0], [0.0], [0.0]], np.float32), "pick_red"),
+                          numpy_helper.from_array(np.array([5.0], np.float32), "five")])
+    g.node.extend([helper.make_node("MatMul", ["pre", "pick_red"], ["red"]),
+                   helper.make_node("Sub", ["five", "red"], ["d"]),
                    helper.make_node("Sqrt", ["d"], ["root"]), helper.make_node("Mul", ["pre", "root"], ["logits"])])
     onnx.save(model, str(path))
     frames = tmp_path / "frames"
     frames.mkdir()
     half = np.zeros((40, 80, 3), np.uint8)
+    half[:, :40] = (0, 255, 0)                                  # BGR green on the left
     half[:, 40:] = (0, 0, 255)                                  # BGR red on the right
     cv2.imwrite(str(frames / "0.png"), half)
-    cv2.imwrite(str(frames / "1.png"), np.zeros((40, 80, 3), np.uint8))     # all black: every region refused
+    cv2.imwrite(str(frames / "1.png"), np.full((40, 80, 3), (0, 0, 255), np.uint8))   # all red: all refused
     proc = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", str(frames), "--model", str(path),
-                           "--region", "dark=0,0,0.5,1", "--region", "red=0.5,0,0.5,1", "--stats-interval", "3600"],
+                           "--region", "ok=0,0,0.5,1", "--region", "hot=0.5,0,0.5,1", "--stats-interval", "3600"],
                           capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     preds = [x for x in lines if x["type"] == "prediction"]
-    assert [(p["frame"], p["region"], p["top"][0]["label"]) for p in preds] == [(0, "red", "red")]
+    assert [(p["frame"], p["region"], p["top"][0]["label"]) for p in preds] == [(0, "ok", "green")]
     final = lines[-1]
     assert final["type"] == "stats" and final["frames_processed"] == 1 and final["frames_skipped"] == 1
-    # Counted per region: the dark region in both frames, the red one in the black frame only.
-    assert {name: r["refused"] for name, r in final["regions"].items()} == {"dark": 2, "red": 1}
-    assert final["regions"]["red"]["frames"] == 1 and final["regions"]["dark"]["frames"] == 0
-    assert "regions dark" in proc.stderr and "NaN or infinity" in proc.stderr
+    # Counted per region: the hot region in both frames, the ok one in the all-red frame only.
+    assert {name: r["refused"] for name, r in final["regions"].items()} == {"ok": 1, "hot": 2}
+    assert final["regions"]["ok"]["frames"] == 1 and final["regions"]["hot"]["frames"] == 0
+    # whichever frame a lane finished first is warned about (once a minute): "(regions hot)" or "(regions ok, hot)"
+    assert re.search(r"\(regions (ok, )?hot\)", proc.stderr) and "NaN or infinity" in proc.stderr

@@ -22,10 +22,14 @@ from tiny_model import make_channel_model, make_random_model
 
 @pytest.fixture
 def reloader(tmp_path):
+    yield from _reloader(tmp_path, "model: model.onnx\nsource: synthetic://160x120\n")
+
+
+def _reloader(tmp_path, config_text: str):
     make_random_model(tmp_path / "model.onnx", size=(64, 64), resize=None)
     make_channel_model(tmp_path / "b.onnx")
     config = tmp_path / "edge.yaml"
-    config.write_text("model: model.onnx\nsource: synthetic://160x120\n")
+    config.write_text(config_text)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify"))
     sock.settimeout(2)
@@ -126,3 +130,59 @@ def test_at_start_an_unexpected_failure_preparing_models_is_one_line_and_exit_2(
     errors = [line for line in err.splitlines() if "RuntimeError" in line]
     assert rc == 2 and len(errors) == 1 and "RuntimeError: onnxruntime: bad" in errors[0]
     assert "Traceback" not in err
+
+
+# --- issue 28.3 / 28.8: hostile inputs arriving by a reload ------------------------------------------
+
+def _nan_on_blank(tmp):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = make_channel_model(tmp / "nan.onnx")
+    model = onnx.load(str(path))
+    next(n for n in model.graph.node if n.output[0] == "logits").output[0] = "pre"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([np.nan], np.float32), "bad"))
+    model.graph.node.append(helper.make_node("Add", ["pre", "bad"], ["logits"]))
+    onnx.save(model, str(path))
+    return "model: nan.onnx\n"
+
+
+def _tiny_std(tmp):
+    make_channel_model(tmp / "side.onnx", embed=False)
+    (tmp / "side.yaml").write_text("input: {size: [32, 32], mean: [0, 0, 0], std: [1.0e-45, 1, 1]}\n"
+                                   "labels: [red, green, blue]\n")
+    return "model: side.onnx\n"
+
+
+def _many_regions(tmp):
+    return "model: b.onnx\nregions:\n" + "".join(f"  - {{name: r{i}, box: [0, 0, 1, 1]}}\n" for i in range(65))
+
+
+@pytest.mark.parametrize("make, words", [(_nan_on_blank, "NaN or infinity for a blank image"),
+                                         (_tiny_std, "input.std"), (_many_regions, "at most 64")])
+def test_a_reload_to_a_hostile_model_or_config_is_refused_and_the_old_model_serves(reloader, caplog, make, words):
+    r, tmp = reloader
+    old = r.pipeline.lanes[0].engine
+    (tmp / "edge.yaml").write_text(make(tmp) + "source: synthetic://160x120\n")
+    with caplog.at_level(logging.INFO, logger="edge_runtime"):
+        assert r.reload() is False
+    assert r.heard() == ["RELOADING=1", "READY=1"]
+    assert r.stats.snapshot()["reload_failures"] == 1 and r.pipeline.lanes[0].engine is old
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "reload refused" in errors[0] and words in errors[0], errors
+
+
+def test_a_reload_with_a_threshold_for_a_missing_label_warns_and_goes_on(tmp_path, caplog):
+    region = "regions:\n  - {name: door, box: [0, 0, 1, 1], thresholds: {red: 0.7%s}}\n"
+    gen = _reloader(tmp_path, "model: b.onnx\nsource: synthetic://160x120\n" + region % "")
+    r, tmp = next(gen)
+    try:
+        (tmp / "edge.yaml").write_text("model: b.onnx\nsource: synthetic://160x120\n" + region % ", opne: 0.9")
+        with caplog.at_level(logging.INFO, logger="edge_runtime"):
+            assert r.reload() is True            # a warning, not a refusal: the rest of the reload stands
+        assert r.heard() == ["RELOADING=1", "READY=1"] and r.stats.snapshot()["reload_failures"] == 0
+        warned = [rec.getMessage() for rec in caplog.records if "would never apply" in rec.getMessage()]
+        assert len(warned) == 1 and "regions[0].thresholds.opne" in warned[0], warned
+    finally:
+        next(gen, None)          # the cleanup after its yield: sinks closed, socket closed

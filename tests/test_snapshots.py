@@ -142,7 +142,7 @@ def test_folder_that_is_a_file_fails_counted_and_warned_once(tmp_path, caplog):
         writer.start()          # no exception: classification must go on
         names = [writer.submit(frame(64, 48), "door", None, "open", WHEN + i) for i in range(3)]
         writer.close()
-    assert all(names)           # queued: the failure is only known on the writer's thread
+    assert names == [None] * 3  # the folder is known unusable: no event names a file (issue 28.5)
     assert writer.failed == 3 and writer.written == 0
     assert stats.snapshot()["snapshots_failed"] == 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -195,6 +195,45 @@ def test_full_disk_fails_counted_and_goes_on(tmp_path):
     assert own_files(tmp_path) == [out["names"][2]]          # the small one fits; no partial file
     assert [p.name for p in tmp_path.iterdir()] == [out["names"][2]]
     assert result.stderr.count("WARNING") == 1, result.stderr
+
+
+_FILLING_DISK = r"""
+import json, resource, signal, sys, time
+import numpy as np
+from edge_runtime.watch.snapshots import SnapshotWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+w = SnapshotWriter(sys.argv[1])
+w.start()
+small = np.zeros((8, 8, 3), np.uint8)
+noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+names = []
+for i, img in enumerate([small, noise, noise, small, small, noise, small]):
+    done = w.written + w.failed
+    names.append(w.submit(img, "door", None, "open", 1764684903.0 + i))
+    while w.written + w.failed == done:          # one at a time: each submit sees the last outcome
+        time.sleep(0.01)
+w.close()
+print(json.dumps({"names": names, "written": w.written, "failed": w.failed}))
+"""
+
+
+def test_no_event_names_a_snapshot_while_the_disk_is_full(tmp_path):
+    """After a failed write (the disk is full) the next snapshots are still tried, but their names go to
+    no event until one is written again: every name handed out is a file on disk."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", _FILLING_DISK, str(tmp_path)], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    names = out["names"]
+    assert (out["written"], out["failed"]) == (4, 3)
+    # small ok, noise fails, noise (not named) fails, small (not named) written, small named, noise fails
+    # (named: the last write had worked), small (not named) written
+    assert [n is not None for n in names] == [True, True, False, False, True, True, False]
+    on_disk = set(own_files(tmp_path))
+    assert {names[0], names[4]} <= on_disk and names[1] not in on_disk and names[5] not in on_disk
+    assert len(on_disk) == 4
 
 
 def test_resolve_only_own_files_inside_the_folder(tmp_path):

@@ -13,7 +13,7 @@ import time
 
 from edge_runtime import __version__
 from edge_runtime import config as config_mod
-from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, UserError, first_line, preparing
+from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, UserError, first_line, preparing
 from edge_runtime.util.redact import one_line, sanitise_logging
 
 log = logging.getLogger("edge_runtime")
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{config_mod.AUTO_BATCH} when the model takes a batch, else 1); live and --realtime "
                         "sources: 1")
     p.add_argument("--top-k", type=int, metavar="K", help="labels per prediction (default 5)")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="stop after N processed frames (N frames in a row refused for NaN/inf: exit 2)")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 5)")
     p.add_argument("--loop", action="store_true", default=None, help="restart a file or folder at its end")
     p.add_argument("--realtime", action="store_true", default=None, help="pace a video file at its frame rate")
@@ -162,7 +163,7 @@ def install_signal_handlers() -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from edge_runtime.core.plan import load_model, load_region_models, plan_run, source_uri
+    from edge_runtime.core.plan import check_threshold_labels, load_model, load_region_models, plan_run, source_uri
 
     from edge_runtime.daemon.reload import Reloader
 
@@ -182,6 +183,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         plan, engine = load_model(plan, cfg, args.config)
     with preparing("loading the regions' models"):
         plan, region_engines = load_region_models(plan, cfg, engine)
+    check_threshold_labels(cfg, region_engines, strict=args.validate_config, config_file=args.config)
     if args.validate_config:
         regions = f"; {len(cfg.regions)} region(s)" if cfg.regions else ""
         print(f"config OK: source {plan.display_uri}; model {one_line(engine.describe(), 1000)}{regions}")
@@ -204,6 +206,9 @@ def run_daemon(args: argparse.Namespace) -> int:
              time.perf_counter() - started)
     pipeline.run()
     pipeline.finish()
+    if pipeline.refusals.gave_up:       # --max-frames frames in a row refused: the model is wrong (refusals.py)
+        log.error("%s", pipeline.refusals.gave_up)
+        return EXIT_USAGE
     if pipeline.output_closed:
         _silence_stdout()
     elif next(s for s in sinks if s.name == "stdout").stuck:

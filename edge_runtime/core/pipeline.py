@@ -39,6 +39,7 @@ from edge_runtime.core.capture import CaptureThread, FrameFeed, Handoff, InlineR
 from edge_runtime.engines import Engine
 from edge_runtime.util.notify import Notifier
 from edge_runtime.engines.postprocess import NonFiniteOutput, Postprocessor, refuse, region_refused
+from edge_runtime.core.refusals import RefusalStreak
 from edge_runtime.engines.preprocess import FrameError, Preprocessor
 from edge_runtime.core.publisher import Publisher, Result
 from edge_runtime.watch.regions import RegionGroup
@@ -146,6 +147,7 @@ class Pipeline:
         self.feed: FrameFeed = Handoff(live, self.stats)
         self.publisher = Publisher(sinks, self.stats, self.notifier, self.stop, source_uri, options.max_frames,
                                    watch=watch, untrained=self.lanes[0].engine.spec.untrained)
+        self.refusals = RefusalStreak(self.stop, options.max_frames)    # every frame refused: back off
         self._generation = 0
         self.capture: CaptureThread | None = None
         self.started_mono = time.perf_counter()
@@ -251,6 +253,7 @@ class Pipeline:
                     if taken.frames:
                         results = self._infer(lane, taken)  # one session.run → postprocess
                         self.publisher.deliver(taken.seq, results)
+                self.refusals.wait()                    # every frame refused: pause, outside the turn
             self._raise_source_error()
         except BaseException as exc:  # hand it to the main thread, stop the others
             if self._failure is None:
@@ -350,6 +353,9 @@ class Pipeline:
                     results[i] = (taken.frames[i], lane.post.top(outputs[i]), pre_ms, inf_ms, len(taken.frames))
                 except NonFiniteOutput as exc:      # NaN/inf: never published (JSON has no NaN)
                     refuse(self.stats, taken.frames[i].index, exc)
+                    self.refusals.refused(taken.frames[i].index, exc)
+                else:
+                    self.refusals.passed(taken.frames[i].index)
         return results
 
     def _infer_regions(self, lane: Lane, frame: Frame, pick: frozenset[str] | None = None) -> Result:
@@ -384,10 +390,12 @@ class Pipeline:
             return None
         except NonFiniteOutput as exc:              # NaN/inf: never published (JSON has no NaN)
             refuse(self.stats, frame.index, exc)
+            self.refusals.refused(frame.index, exc)
             return None
         finally:
             if not self._keep_images:
                 frame.image = None
+        self.refusals.passed(frame.index)
         return frame, tops, pre_ms, inf_ms, 1
 
     # -- for sinks and the daemon --

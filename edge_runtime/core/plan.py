@@ -158,3 +158,21 @@ def load_region_models(plan: RunPlan, cfg, engine: Engine) -> tuple[RunPlan, dic
             engines[model] = load_engine(model, plan.per_lane, cfg, mem_pattern=plan.mem_pattern,
                                          spinning=plan.spinning)
     return dataclasses.replace(plan, batch=1), engines
+
+
+def check_threshold_labels(cfg, region_engines: dict[str, Engine], *, strict: bool,
+                           config_file: str | None) -> None:
+    """A region's `thresholds:` label that its model does not have never applies: a warning naming it (at
+    start and on reload), an error (exit 2) under --validate-config (`strict`), which exists to catch it."""
+    from edge_runtime.util.errors import ConfigError
+    from edge_runtime.util.redact import printable
+    from edge_runtime.watch.regions import unknown_threshold_labels
+
+    def labels_of(model: str) -> set[str]:
+        engine = region_engines[model]
+        return {printable(engine.spec.label(i)) for i in range(engine.num_outputs)}
+
+    for key, message in unknown_threshold_labels(cfg.regions, cfg.model, labels_of):
+        if strict:
+            raise ConfigError(message, file=config_file, key=key)
+        log.warning("%s: %s", key, message)

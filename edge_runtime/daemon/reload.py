@@ -112,7 +112,7 @@ class Reloader:
 
     def _reload(self) -> bool:
         from edge_runtime.daemon.assemble import lane_sessions, show_model, show_region_models
-        from edge_runtime.core.plan import load_model, load_region_models
+        from edge_runtime.core.plan import check_threshold_labels, load_model, load_region_models
 
         with preparing("reading the config"):
             cfg = self.load_config()
@@ -122,6 +122,7 @@ class Reloader:
             plan, engine = load_model(self.plan, cfg)       # the running plan: same lanes, threads, source
         with preparing("loading the regions' models"):
             plan, region_engines = load_region_models(plan, cfg, engine)
+            check_threshold_labels(cfg, region_engines, strict=False, config_file=None)
         with preparing("preparing the lanes' sessions"):
             engines, groups = lane_sessions(cfg, plan, engine, region_engines)
         # Everything is ready: from here on the new model serves.

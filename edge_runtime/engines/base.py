@@ -125,6 +125,30 @@ def probe_rows(model_path: str, out: np.ndarray, batch: int, output_name: str, i
     return int(out.size // batch)
 
 
+def check_finite_scores(model_path: str, spec: ms.ModelSpec, out: np.ndarray, batch: int) -> None:
+    """The blank-image run's scores, scaled as every frame's will be, must be finite: a model (or an
+    output_scale) that gives NaN or infinity would have every frame refused, so say it once at start."""
+    from edge_runtime.engines.postprocess import Postprocessor     # here: postprocess is not needed to load
+    with np.errstate(all="ignore"):
+        scores = Postprocessor(spec).scores_block(np.asarray(out, np.float32).reshape(batch, -1))
+    if not np.isfinite(scores).all():
+        raise ModelError(model_path, "gives NaN or infinity for a blank image (its output, scaled by the "
+                         f"description's output_scale, {spec.origin}); every frame would be refused")
+
+
+def blank_input(model_path: str, spec: ms.ModelSpec, batch: int) -> np.ndarray:
+    """A black frame preprocessed as every frame will be: the description's mean/std must give a
+    finite tensor (checked here, before the model sees it)."""
+    from edge_runtime.engines.preprocess import Preprocessor       # here: cv2 only when a model is loaded
+    h, w = spec.input.size
+    with np.errstate(all="ignore"):
+        one = Preprocessor(spec.input)(np.zeros((h, w, 3), np.uint8))
+    if not np.isfinite(one).all():
+        raise ModelError(model_path, f"its description's mean/std ({spec.origin}) make a blank image's "
+                         "input NaN or infinity")
+    return np.repeat(one, batch, axis=0)
+
+
 def no_description_hint(model_path: str, spec: ms.ModelSpec) -> str:
     """A model with neither metadata nor sidecar was checked against the defaults: say what to do."""
     if spec.origin != ms.default_spec_origin() and not spec.origin.endswith("(the file itself)"):

@@ -197,6 +197,7 @@ class LiteRTEngine:
             if not (np.all(rows >= 0) and np.all(rows <= 1) and np.allclose(rows.sum(axis=1), 1, atol=1e-3)):
                 self.spec = dataclasses.replace(self.spec, output="logits")   # not a softmax's output
         base.check_labels(self.path, self.spec, classes)
+        base.check_finite_scores(self.path, self.spec, out, batch)
         return classes
 
     # -- running ---------------------------------------------------------------------------------

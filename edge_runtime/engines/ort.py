@@ -166,14 +166,19 @@ class Engine:
         """Run the model on a blank image (two, with a dynamic batch): what validation accepts must
         not fail on the first frame. Returns the output's values per image."""
         batch = 1 if isinstance(self.input.shape[0], int) else 2
-        blank = np.zeros((batch,) + self.input_shape()[1:], dtype=self.input_dtype())
+        blank = self._blank_input(batch)
         try:
             out = self.session.run([self.output.name], {self.input.name: blank})[0]
         except MemoryError:
             raise ModelError(self.path, "not enough memory to run it once on a blank image") from None
         except Exception as exc:
             raise ModelError(self.path, f"fails on a blank image: {ort_message(exc)[:200]}") from None
-        return base.probe_rows(self.path, out, batch, self.output.name, self.input.name, self.input.shape[0])
+        classes = base.probe_rows(self.path, out, batch, self.output.name, self.input.name, self.input.shape[0])
+        base.check_finite_scores(self.path, self.spec, out, batch)
+        return classes
+
+    def _blank_input(self, batch: int) -> np.ndarray:
+        return base.blank_input(self.path, self.spec, batch)
 
     def input_shape(self) -> tuple[int, ...]:
         return self.spec.input.tensor_shape(1)

@@ -46,8 +46,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_LABELS_FILE = Path(__file__).resolve().parents[1] / "data" / "imagenet_labels.txt"
 
 
-def _positive_std(value):
-    return None if all(v > 0 for v in value) else f"every std must be > 0, got {list(value)}"
+# Normalisation is (x/255 - mean) / std. Real models use std from 1/255 (raw pixels) to 1 and mean from 0
+# to 1; these bounds keep every input value finite in float32 (at most ~1e8) while admitting any sane
+# recipe. A std of 1e-45 passed "> 0" and made every frame NaN (issue 28.3).
+STD_RANGE = (1e-4, 1e4)
+MEAN_RANGE = (-1e4, 1e4)
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ class InputSpec:
     color: str = field("rgb", check=one_of("rgb", "bgr"))
     layout: str = field("nchw", check=one_of("nchw", "nhwc"))
     dtype: str = field("float32", check=one_of("float32", "uint8"))
-    mean: tuple[float, ...] = field(IMAGENET_MEAN, check=length(3))
-    std: tuple[float, ...] = field(IMAGENET_STD, check=all_of(length(3), _positive_std))
+    mean: tuple[float, ...] = field(IMAGENET_MEAN, check=length(3, between(*MEAN_RANGE)))
+    std: tuple[float, ...] = field(IMAGENET_STD, check=length(3, between(*STD_RANGE)))
     interpolation: str = field("linear", check=one_of("linear", "area"))
 
     def tensor_shape(self, batch: int = 1) -> tuple[int, ...]:

@@ -16,16 +16,23 @@ import os
 import re
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 from edge_runtime import __version__
 from edge_runtime.config import DEFAULT_MODEL
 from edge_runtime.util.errors import EXIT_OK, UserError
+from edge_runtime.util.redact import redact
+from edge_runtime.util.safewrite import create_exclusive
+from edge_runtime.util.schema import between, field, length, one_of
 
 DOWNLOAD_TIMEOUT_S = 60         # per blocking socket operation, not for the whole file
+DEFAULT_DEADLINE_S = 600        # the whole download (--timeout): a server trickling a byte a second ends
+MAX_REDIRECTS = 5
 MAX_DOWNLOAD_BYTES = 256 << 20  # a --from URL of unknown size
 CHUNK = 1 << 20
 PROG = "fetch-model"
@@ -64,6 +71,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="class names, one per line (default: a checkpoint's own, else ImageNet's for 1000 classes)")
     p.add_argument("--seed", type=int, default=0, help="seed for --untrained (default 0)")
+    p.add_argument("--timeout", type=_deadline, default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+                   help=f"give up a download that has not finished after this long, headers and redirects "
+                        f"included (default {DEFAULT_DEADLINE_S}); a silent server is given up after "
+                        f"{DOWNLOAD_TIMEOUT_S} s")
     args = p.parse_args(argv)
     if args.sha256 is not None:
         if args.source is None:
@@ -73,8 +84,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--sha256 wants 64 hex digits, got {args.sha256!r}")
     if args.source and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", args.source) \
             and not re.match(r"^https?://", args.source):
-        p.error(f"--from URL must be http:// or https://, got {args.source!r}")
+        p.error(f"--from URL must be http:// or https://, got {redact(args.source)!r}")
     return args
+
+
+def _deadline(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected 1 to 86400 seconds, got {text!r}")
+    return value
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """At most MAX_REDIRECTS, to http(s) only (urllib follows ftp:// too), each refusal one line."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        from urllib.parse import urljoin
+
+        target = headers.get("location") or headers.get("uri")
+        if target is not None:
+            newurl = urljoin(req.full_url, target)
+            if not re.match(r"^https?://", newurl, re.I):
+                raise FetchError(f"{redact(req.full_url)} redirects to {_one_line(newurl)[:200]}, which is not "
+                                 "http(s)://; nothing written")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _one_line(text: object) -> str:
+    from edge_runtime.util.redact import one_line
+    return one_line(redact(str(text)), limit=300)
 
 
 def sha256_file(path: Path) -> str:
@@ -85,43 +130,117 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None = None) -> str:
-    """Stream `url` into `dest` (bounded), return its SHA-256. FetchError on any failure or truncation."""
+def download(url: str, dest: Path, *, max_bytes: int, expected_size: int | None = None,
+             deadline_s: float = DEFAULT_DEADLINE_S) -> str:
+    """Stream `url` into `dest` (bounded in bytes and in time), return its SHA-256. FetchError (one line)
+    on any failure, truncation or the deadline. The transfer runs in a thread of its own, so the deadline
+    holds for every step (the connection, headers trickled a byte at a time, redirects, the body)."""
+    import threading
+
+    result: dict = {}
+    stop = threading.Event()
+    t0 = time.monotonic()
+    worker = threading.Thread(target=_transfer, args=(url, dest, max_bytes, expected_size, t0 + deadline_s, stop,
+                                                      result), name="fetch-model download", daemon=True)
+    worker.start()
+    worker.join(deadline_s + 1.0)
+    if worker.is_alive():
+        stop.set()
+        raise FetchError(f"download of {redact(url)} did not finish within {deadline_s:g} s (--timeout; "
+                         f"{result.get('received', 0)} bytes received); nothing written")
+    if "error" in result:
+        raise result["error"]
+    return result["digest"]
+
+
+def _transfer(url: str, dest: Path, max_bytes: int, expected_size: int | None, deadline: float,
+              stop, result: dict) -> None:
+    try:
+        result["digest"] = _download(url, dest, max_bytes, expected_size, deadline, stop, result)
+    except FetchError as exc:
+        result["error"] = exc
+    except BaseException as exc:        # whatever it was: one line in the main thread
+        result["error"] = FetchError(f"download of {redact(url)} failed ({type(exc).__name__}: {_one_line(exc)}); "
+                                     "nothing written")
+
+
+def _download(url: str, dest: Path, max_bytes: int, expected_size: int | None, deadline: float, stop,
+              result: dict) -> str:
+    shown = redact(url)                 # a mirror's URL may carry a token
     request = urllib.request.Request(url, headers={"User-Agent": f"edge-runtime/{__version__}"})
+    opener = urllib.request.build_opener(_Redirects())
     digest = hashlib.sha256()
     received = 0
     try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, dest.open("wb") as out:
+        timeout = max(1.0, min(DOWNLOAD_TIMEOUT_S, deadline - time.monotonic()))
+        with opener.open(request, timeout=timeout) as response, dest.open("wb") as out:
             length = response.headers.get("Content-Length")
             announced = int(length) if length and length.isdigit() else None
             if announced is not None and announced > max_bytes:
-                raise FetchError(f"{url} is {announced} bytes, more than the {max_bytes} expected; nothing written")
-            print(f"{PROG}: downloading {url}" + (f" ({announced / 1e6:.1f} MB)" if announced else ""),
+                raise FetchError(f"{shown} is {announced} bytes, more than the {max_bytes} expected; nothing written")
+            print(f"{PROG}: downloading {shown}" + (f" ({announced / 1e6:.1f} MB)" if announced else ""),
                   file=sys.stderr)
-            while chunk := response.read(CHUNK):
+            # read1: whatever one receive brings, so a trickle is seen against the deadline between reads
+            while chunk := response.read1(CHUNK):
                 received += len(chunk)
+                result["received"] = received
                 if received > max_bytes:
-                    raise FetchError(f"{url} sends more than the {max_bytes} bytes expected; nothing written")
+                    raise FetchError(f"{shown} sends more than the {max_bytes} bytes expected; nothing written")
+                if stop.is_set() or time.monotonic() > deadline:
+                    raise FetchError(f"download of {shown} did not finish in time; nothing written")
                 digest.update(chunk)
                 out.write(chunk)
     except FetchError:
         raise
     except urllib.error.HTTPError as exc:
-        raise FetchError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; nothing written") from None
+        if 300 <= exc.code < 400:       # urllib's own text for a loop is three lines
+            raise FetchError(f"cannot download {shown}: more than {MAX_REDIRECTS} redirects, or a redirect loop "
+                             f"(HTTP {exc.code}); nothing written") from None
+        raise FetchError(f"cannot download {shown}: HTTP {exc.code} {_one_line(exc.reason)}; nothing written") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise FetchError(f"cannot download {url} ({reason}); nothing written. Offline? Fetch the file on another "
-                         f"machine, copy it here, then: python -m edge_runtime fetch-model --from FILE.pth") from None
+        raise FetchError(f"cannot download {shown} ({_one_line(reason)}); nothing written. Offline? Fetch the file on "
+                         f"another machine, copy it here, then: python -m edge_runtime fetch-model --from FILE.pth") \
+            from None
     except Exception as exc:            # http.client.IncompleteRead and the like: a cut connection
-        raise FetchError(f"download of {url} broke off after {received} bytes ({type(exc).__name__}); "
+        raise FetchError(f"download of {shown} broke off after {received} bytes ({type(exc).__name__}); "
                          "nothing written") from None
     want = announced if announced is not None else expected_size
     if want is not None and received != want:
-        raise FetchError(f"download of {url} is truncated: {received} of {want} bytes; nothing written")
+        raise FetchError(f"download of {shown} is truncated: {received} of {want} bytes; nothing written")
     return digest.hexdigest()
 
 
-def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...] | None:
+# What a models/distill.py checkpoint may say about itself, validated like a config (util/schema.py): a
+# width_mult of "abc" or [], an input_size of [-5, -5] or ["a", "b"] is one line, exit 2. Other entries
+# (epoch, val_acc, ...) are not read, so not checked.
+MIN_WIDTH_MULT, MAX_WIDTH_MULT = 0.1, 4.0
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024       # MobileNetV3's stride is 32; verify() runs it at that size
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    format: str | None = field(None)
+    arch: str | None = field(None, check=one_of("mobilenet_v3_small", "mobilenet_v3_large"))
+    width_mult: float | None = field(None, check=between(MIN_WIDTH_MULT, MAX_WIDTH_MULT))
+    input_size: tuple[int, ...] | None = field(None, check=length(2, between(MIN_INPUT_SIZE, MAX_INPUT_SIZE)))
+    classes: tuple[str, ...] | None = field(None, check=lambda v: None if len(v) >= 1 and all(
+        0 < len(c) <= 1000 for c in v) else "expected class names of 1 to 1000 characters")
+
+
+def checkpoint_info(extra: dict, source: str) -> CheckpointInfo:
+    from edge_runtime.util import schema
+    from edge_runtime.util.errors import ConfigError
+
+    known = {f for f in CheckpointInfo.__dataclass_fields__}
+    try:
+        return schema.build(CheckpointInfo, {k: v for k, v in extra.items() if k in known},
+                            file=f"{source} (checkpoint)")
+    except ConfigError as exc:
+        raise FetchError(f"{exc}; nothing written") from None
+
+
+def _labels(path: Path | None, info: CheckpointInfo, num_classes: int) -> tuple[str, ...] | None:
     from edge_runtime.engines import spec as ms
     from edge_runtime.util.errors import ConfigError
 
@@ -133,9 +252,9 @@ def _labels(path: Path | None, extra: dict, num_classes: int) -> tuple[str, ...]
         if len(labels) != num_classes:
             raise FetchError(f"--labels {path} has {len(labels)} names but the weights have {num_classes} classes")
         return labels
-    classes = extra.get("classes")
-    if isinstance(classes, (list, tuple)) and len(classes) == num_classes and all(isinstance(c, str) for c in classes):
-        return tuple(classes)
+    classes = info.classes
+    if classes is not None and len(classes) == num_classes:
+        return classes
     if num_classes == 1000:
         return ms.read_labels(ms.DEFAULT_LABELS_FILE)
     return None
@@ -151,7 +270,7 @@ def make_model(args: argparse.Namespace, workdir: Path):
 
     arch = arch_tables.arch_name(args.arch)
     pinned = arch_tables.IMAGENET_WEIGHTS[arch]
-    extra: dict = {}
+    info = CheckpointInfo()
     if args.untrained:
         net = arch_tables.network(arch)
         # torchvision's init leaves an untrained network's logits at ~1e-9 (each depthwise layer shrinks
@@ -166,8 +285,8 @@ def make_model(args: argparse.Namespace, workdir: Path):
             path = workdir / "weights.pth"
             size = None if args.sha256 else pinned.size
             actual = download(url, path, max_bytes=size + (1 << 16) if size else MAX_DOWNLOAD_BYTES,
-                              expected_size=size)
-            source = url
+                              expected_size=size, deadline_s=args.timeout)
+            source = redact(url)
         else:
             path = Path(args.source)
             if not path.is_file():
@@ -181,31 +300,29 @@ def make_model(args: argparse.Namespace, workdir: Path):
             state, extra = pth.load_state_dict(path)
         except pth.PthError as exc:
             raise FetchError(f"{source}: {exc}; nothing written") from None
-        recorded = extra.get("arch")
-        if isinstance(recorded, str) and recorded != arch:
+        info = checkpoint_info(extra, source)
+        recorded = info.arch
+        if recorded is not None and recorded != arch:
             raise FetchError(f"{source} holds a {recorded}, not {arch}: pass {recorded.rsplit('_', 1)[-1]}")
         head = state.get("classifier.3.weight")
         num_classes = int(head.shape[0]) if isinstance(head, np.ndarray) and head.ndim == 2 else 1000
-        width = extra.get("width_mult", 1.0)
         try:
-            net = arch_tables.network(arch, num_classes, float(width) if isinstance(width, (int, float)) else 1.0)
+            net = arch_tables.network(arch, num_classes, info.width_mult or 1.0)
         except ValueError as exc:
-            raise FetchError(f"{source}: {exc}") from None
+            raise FetchError(f"{source}: {exc}; nothing written") from None
         weights = (arch_tables.IMAGENET_WEIGHTS_NAME if actual == pinned.sha256
                    else f"{source} (sha256 {actual[:16]})")
-    labels = _labels(args.labels, extra, net.num_classes)
-    size = extra.get("input_size")
-    input_size = tuple(size) if isinstance(size, (list, tuple)) and len(size) == 2 else (224, 224)
+    labels = _labels(args.labels, info, net.num_classes)
+    input_size = info.input_size or (224, 224)
     import onnx
 
     spec = builder.eval_spec(input_size, labels, origin="edge_runtime fetch-model")
-    info = {"arch": arch, "weights": weights, "exporter": f"edge_runtime fetch-model {__version__}",
-            "width_mult": f"{float(extra.get('width_mult', 1.0)):g}", "onnx": onnx.__version__,
-            "input_fused": "no"}
+    meta = {"arch": arch, "weights": weights, "exporter": f"edge_runtime fetch-model {__version__}",
+            "width_mult": f"{info.width_mult or 1.0:g}", "onnx": onnx.__version__, "input_fused": "no"}
     try:
-        return builder.build(state, net, spec, info), weights, labels is None
+        return builder.build(state, net, spec, meta), weights, labels is None
     except builder.WeightsError as exc:
-        raise FetchError(f"{args.source}: {exc}; nothing written") from None
+        raise FetchError(f"{redact(str(args.source))}: {exc}; nothing written") from None
 
 
 def verify(model, path: Path) -> None:
@@ -228,22 +345,45 @@ def verify(model, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnx
+    import onnx  # noqa: F401  (without onnx: main's one line, before any download)
 
     output: Path = args.output or Path(DEFAULT_MODEL if args.arch == "small" else "models/mobilenetv3_large.onnx")
     if output.suffix != ".onnx":
         raise FetchError(f"--output {output}: expected a file name ending in .onnx")
     if output.is_dir():
         raise FetchError(f"--output {output} is a folder")
+    made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]   # deepest first
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(made)
         raise FetchError(f"--output {output}: cannot make its folder ({exc.strerror or exc})") from None
+    try:
+        return _run(args, output)
+    except BaseException:
+        _remove_empty(made)             # a failed run leaves no folder it made behind
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()              # only if empty: never anything someone else put there
+        except OSError:
+            pass
+
+
+def _run(args: argparse.Namespace, output: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-fetch-") as work:
         model, weights, unlabelled = make_model(args, Path(work))
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        tmp = None
         try:
-            onnx.save(model, str(tmp))
+            # A random name, created exclusively (O_EXCL|O_NOFOLLOW): a link planted at a predictable
+            # temporary name cannot make this write overwrite another file (util/safewrite.py).
+            fd, name = create_exclusive(output.parent, f".{output.name}.", ".tmp")
+            tmp = output.parent / name
+            with os.fdopen(fd, "wb") as f:
+                f.write(model.SerializeToString())
             try:
                 verify(model, tmp)
             except Exception as exc:
@@ -251,10 +391,12 @@ def run(args: argparse.Namespace) -> int:
                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
                                  "nothing written") from None
             os.replace(tmp, output)          # atomic: the old model stays until the new one is whole
+            tmp = None
         except OSError as exc:
             raise FetchError(f"cannot write {output} ({exc.strerror or exc}); nothing written") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
     print(f"{PROG}: wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {model.graph.name}, {weights}",
           file=sys.stderr)
     if unlabelled:

@@ -7,6 +7,12 @@ state dict needs: collections.OrderedDict, torch._utils._rebuild_tensor_v2 and t
 classes (torch.FloatStorage...), each mapped to a harmless stand-in. Any other global (os.system,
 builtins.eval, ...) is refused before anything runs. Sizes, strides and offsets are checked against
 the bytes actually there; file, pickle and tensor sizes are bounded.
+
+Memory is bounded by the file's real size, before anything is allocated: a storage may not hold more
+bytes than the file (a deflated member of zeros could otherwise decompress to gigabytes), all storages
+together neither, and the arrays made from the tensors (each a copy of a view of a storage) may not add
+up to more than the file either, so tensors aliasing one storage cannot multiply it (a 17 KB file made
+1.1 GB of copies). Every dimension is at most MAX_DIM; a shared object of the pickle is converted once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ MAX_FILE_BYTES = 512 << 20      # torchvision's MobileNetV3-Large is 22 MB
 MAX_PICKLE_BYTES = 16 << 20
 MAX_ENTRIES = 100_000
 MAX_NDIM = 8
+MAX_DIM = 1 << 31               # one dimension of a tensor: a size of (0, 2**62) is not a weight
+MAX_OBJECTS = 1_000_000         # containers and tensors walked in the unpickled object
 
 # torch's typed storage names -> numpy dtypes (little-endian, as torch.save writes on every platform
 # we run on; the archive's `byteorder` record is checked).
@@ -97,8 +105,10 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
         raise PthError("a tensor refers to something that is not a storage")
     if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
             and len(size) == len(stride) <= MAX_NDIM
-            and all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride))):
-        raise PthError(f"a tensor has an invalid shape {size!r}, stride {stride!r} or offset {offset!r}")
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_DIM
+                    for v in (offset, *size, *stride))):
+        raise PthError(f"a tensor has an invalid shape {_short(size)}, stride {_short(stride)} or offset "
+                       f"{_short(offset)} (each a whole number from 0 to {MAX_DIM})")
     return _Tensor(storage, offset, size, stride)
 
 
@@ -138,21 +148,54 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
-def _to_numpy(obj: Any, depth: int = 0) -> Any:
-    if depth > 20:
-        raise PthError("the pickle nests too deeply")
-    if isinstance(obj, _Tensor):
-        return obj.array()
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_numpy(v, depth + 1) for v in obj)
-    if isinstance(obj, (_Storage, _StorageType)):
-        raise PthError("the pickle holds a bare storage")
-    return obj
+def _short(value: Any) -> str:
+    from edge_runtime.util.schema import short
+    return short(value)
 
 
-def _read_zip(f: BinaryIO) -> Any:
+class _Converter:
+    """The unpickled object with numpy arrays for tensors, within a byte budget (the file's size) for the
+    copies. Each object is converted once (memo by id): a pickle's memo lets one list be referenced many
+    times, and walking every reference of references is exponential."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.seen = 0
+        self.memo: dict[int, Any] = {}
+
+    def __call__(self, obj: Any, depth: int = 0) -> Any:
+        if depth > 20:
+            raise PthError("the pickle nests too deeply")
+        if not isinstance(obj, (_Tensor, dict, list, tuple, _Storage, _StorageType)):
+            return obj
+        done = self.memo.get(id(obj))
+        if done is not None:
+            return done[1]
+        self.seen += 1
+        if self.seen > MAX_OBJECTS:
+            raise PthError(f"the pickle holds more than {MAX_OBJECTS} objects")
+        if isinstance(obj, _Tensor):
+            nbytes = math.prod(obj.size) * obj.storage.data.itemsize
+            if nbytes > obj.storage.data.nbytes:
+                raise PthError(f"a tensor of shape {list(obj.size)} has more elements than its storage "
+                               f"({obj.storage.data.size})")
+            if self.used + nbytes > self.budget:
+                raise PthError(f"its tensors add up to more than the file's {self.budget} bytes (tensors that "
+                               "alias one storage, each copied)")
+            self.used += nbytes
+            out = obj.array()
+        elif isinstance(obj, dict):
+            out = {k: self(v, depth + 1) for k, v in obj.items()}
+        elif isinstance(obj, (list, tuple)):
+            out = type(obj)(self(v, depth + 1) for v in obj)
+        else:
+            raise PthError("the pickle holds a bare storage")
+        self.memo[id(obj)] = (obj, out)     # obj kept alive, so its id is not reused
+        return out
+
+
+def _read_zip(f: BinaryIO, file_size: int) -> Any:
     try:
         archive = zipfile.ZipFile(f)
         infos = archive.infolist()
@@ -183,10 +226,16 @@ def _read_zip(f: BinaryIO) -> Any:
             raise PthError(f"{name} is truncated")
         return data
 
+    stored = [0]            # bytes of the storages read so far: at most the file's size
+
     def load_storage(key: str, dtype: np.dtype, count: int) -> np.ndarray:
         if "/" in key or key.startswith("."):
             raise PthError(f"invalid storage key {key!r}")
-        raw = read(f"{root}data/{key}", MAX_FILE_BYTES)
+        info = members.get(f"{root}data/{key}")
+        if info is not None and stored[0] + info.file_size > file_size:
+            raise PthError(f"its storages hold more bytes than the file's {file_size} (a compressed member?)")
+        raw = read(f"{root}data/{key}", min(MAX_FILE_BYTES, file_size))
+        stored[0] += len(raw)
         if len(raw) != count * dtype.itemsize:
             raise PthError(f"storage {key} has {len(raw)} bytes, the pickle says {count} x {dtype.itemsize}")
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
@@ -194,7 +243,7 @@ def _read_zip(f: BinaryIO) -> Any:
     return _Unpickler(io.BytesIO(read(pickles[0], MAX_PICKLE_BYTES)), load_storage).load()
 
 
-def _read_legacy(f: BinaryIO) -> Any:
+def _read_legacy(f: BinaryIO, file_size: int) -> Any:
     """torch < 1.6's format: pickles of the magic number, protocol, system info, the object and the
     storage keys, then each storage's bytes (an int64 element count, then the data) in that order."""
     def _no_storage(*_):
@@ -233,6 +282,8 @@ def _read_legacy(f: BinaryIO) -> Any:
         (n,) = struct.unpack("<q", head)
         if n != count or n * dtype.itemsize > MAX_FILE_BYTES:
             raise PthError(f"storage {key} has {n} elements, the pickle says {count}")
+        if n * dtype.itemsize > file_size - f.tell():      # before read() allocates that much
+            raise PthError("the file is truncated")
         raw = f.read(n * dtype.itemsize)
         if len(raw) != n * dtype.itemsize:
             raise PthError("the file is truncated")
@@ -250,10 +301,11 @@ def load(path: str | Path) -> Any:
         with path.open("rb") as f:
             if zipfile.is_zipfile(f):
                 f.seek(0)
-                obj = _read_zip(f)
+                obj = _read_zip(f, size)
             else:
                 f.seek(0)
-                obj = _read_legacy(f)
+                obj = _read_legacy(f, size)
+        return _Converter(size)(obj)
     except PthError:
         raise
     except OSError as exc:
@@ -261,8 +313,7 @@ def load(path: str | Path) -> Any:
     except RecursionError:
         raise PthError("the pickle nests too deeply") from None
     except Exception as exc:              # truncated or corrupt pickle: UnpicklingError, EOFError, ...
-        raise PthError(f"not a readable .pth state dict ({type(exc).__name__}: {exc})") from None
-    return _to_numpy(obj)
+        raise PthError(f"not a readable .pth state dict ({type(exc).__name__}: {_short(str(exc))})") from None
 
 
 def load_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

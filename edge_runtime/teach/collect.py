@@ -25,6 +25,7 @@ import numpy as np
 from edge_runtime.util.argtypes import positive_int
 from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
 from edge_runtime.util.redact import redact, sanitise_logging
+from edge_runtime.util.safewrite import create_exclusive, open_folder
 
 log = logging.getLogger("edge_runtime.teach.collect")
 
@@ -151,7 +152,11 @@ def video_fps(path: str) -> float | None:
 
 
 class Writer:
-    """JPEGs into one folder, atomically (a temp file, then a rename) and never over an existing file."""
+    """JPEGs into one folder, atomically (a temp file, then a link to the final name) and never over an
+    existing file. The temporary file has a random name and is created exclusively (O_EXCL|O_NOFOLLOW), and
+    both names are made relative to the folder's descriptor, opened without following a link: a link
+    planted at a temporary name, or a label folder that is a link, cannot redirect the write
+    (util/safewrite.py)."""
 
     def __init__(self, folder: Path, prefix: str):
         self.folder = folder
@@ -166,29 +171,46 @@ class Writer:
             raise CollectError(f"OpenCV could not encode a {image.shape} frame as JPEG")
         now = time.time()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
-        tmp = self.folder / f".collect-{os.getpid()}.tmp"     # hidden, and not an image suffix: never trained on
         try:
-            with open(tmp, "wb") as f:
+            folder_fd = open_folder(self.folder)
+        except OSError as exc:
+            raise CollectError(f"cannot write into {self.folder}: {exc.strerror or exc}") from None
+        tmp = None
+        try:
+            # hidden, and not an image suffix: never trained on, even if left behind by a crash
+            fd, tmp = create_exclusive(folder_fd, ".collect-", ".tmp")
+            with os.fdopen(fd, "wb") as f:
                 f.write(data.tobytes())
             while True:
                 self.counter += 1
-                path = self.folder / f"{self.prefix}{stamp}_{self.counter:04d}.jpg"
-                try:
-                    os.link(tmp, path)         # atomic and refuses an existing name: two runs cannot clobber
+                name = f"{self.prefix}{stamp}_{self.counter:04d}.jpg"
+                try:                           # atomic and refuses an existing name (a link too): no clobbering
+                    os.link(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd, follow_symlinks=False)
                 except FileExistsError:
                     continue
                 except OSError:                # a file system without hard links (FAT): rename, checked first
-                    if path.exists():
+                    if _lexists(name, folder_fd):
                         continue
-                    os.replace(tmp, path)
-                return path
+                    os.rename(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+                    tmp = None
+                return self.folder / name
         except OSError as exc:
             raise CollectError(f"cannot write into {self.folder}: {exc.strerror or exc}") from None
         finally:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp, dir_fd=folder_fd)
+                except OSError:
+                    pass
+            os.close(folder_fd)
+
+
+def _lexists(name: str, folder_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 @dataclass
@@ -363,6 +385,8 @@ def make_source(cfg, uri: str):
 def output_folder(out: str, label: str) -> bool:
     """Make DIR/label; True if it was made now (so an empty one can be removed again)."""
     folder = Path(out).expanduser() / label
+    if folder.is_symlink():             # it would lead out of DIR (a link planted in a shared dataset folder)
+        raise CollectError(f"{folder} is a symbolic link; refusing to follow it out of {out}")
     existed = folder.is_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from edge_runtime.util.redact import redact
 
@@ -40,12 +40,14 @@ class BrokerUrl:
     prefix: str
 
     def redacted(self) -> str:
-        """For logs: the password never appears."""
+        """For logs: no user name, no password (some brokers take an access token as the user name);
+        masked by redact.py's rule like every other URI."""
         user = ""
         if self.username is not None:
-            user = self.username + (":***" if self.password is not None else "") + "@"
+            user = quote(self.username, safe="") + (":" + quote(self.password, safe="")
+                                                    if self.password is not None else "") + "@"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}/{self.prefix}"
+        return redact(f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}/{self.prefix}")
 
 
 def parse_broker_url(url: str) -> BrokerUrl:

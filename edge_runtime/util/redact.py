@@ -1,9 +1,31 @@
 """Text that leaves the process: no credentials, no forged log lines, always valid UTF-8.
 
-- `redact(text)`: every URI in `text` with its password masked (`rtsp://admin:***@cam/…`), and the
-  values of credential-like query parameters (`?password=***`). The userinfo is split the way FFmpeg
-  splits it (libavformat av_url_split): the authority ends at the first '/', '?' or '#', and the
-  user information ends at its LAST '@', so a password may hold '@' and ':' unencoded.
+This module is the ONE place where URIs are redacted: source records (stdout, `/latest`, MQTT), log
+lines (every handler carries `LogSanitizer`), HTTP bodies and the systemd status all go through it.
+
+The rule (applied to every `scheme://…` in a text):
+
+1. **Userinfo, always.** Everything before the authority's last '@' becomes `***`:
+   `rtsp://admin:pw@cam/` -> `rtsp://***@cam/`, and so do a token alone (`https://TOKEN@host/`), a
+   percent-encoded pair (`user%3Apass@`) and a token in the user-name field (`TOKEN:x-oauth-basic@`).
+   No user name is kept: in some schemes the user name IS the secret. The authority is split the way
+   FFmpeg splits it (libavformat av_url_split): it ends at the first '/', '?' or '#', and the user
+   information ends at its LAST '@', so a password may hold '@' and ':' unencoded.
+2. **Credential-like parameters, in the query and in the fragment.** In every `name=value` that follows
+   '?', '&', ';' or '#', the value becomes `***` when the name looks like a credential: the name is
+   percent-decoded and lower-cased, and it looks like a credential when it CONTAINS one of
+   `SECRET_STEMS` (pas, pwd, secret, token, auth, key, sig, cred, sess, jwt, cookie, bearer, priv, hmac)
+   or IS one of `SECRET_NAMES` (p, pw, pin, psk, otp, sid, code, hash, ticket, nonce). Examples:
+   `password`, `passphrase`, `loginpas`, `auth_token`, `access_key`, `apikey`, `client_secret`,
+   `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `sessionid`, `PHPSESSID`, `jwt`, in
+   any case. A substring rule masks a harmless value now and then (`keyframe=`); that is the price of
+   never missing a new spelling of "token".
+3. **A bare fragment** (`#` followed by no `name=value`, as in share links that carry the key there)
+   becomes `#***`.
+
+What cannot be recognised stays as it is: a secret in a path segment (`/live/SECRET/stream`).
+
+- `redact(text)`: every URI in `text` redacted by the rule above.
 - `display_uri(uri)`: one source URI as it may be shown anywhere (logs, stdout records, MQTT,
   HTTP, systemd status): redacted as a whole (a password with spaces too) and valid UTF-8.
 - `printable(text)`: undecodable bytes (surrogate escapes from a non-UTF-8 argv or file name) become
@@ -16,33 +38,55 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote
 
 MASK = "***"
 
-# Query parameters that carry a secret in camera/stream URLs: ?password= (Axis, Foscam), &pwd=,
-# &loginpas= (Foscam), passphrase= (SRT), token/key/signature (cloud relays, HLS).
-_SECRET_KEYS = (r"pass(?:word|wd|phrase)?|pwd|loginpas|secret|token|access_token|auth|authorization|"
-                r"api_?key|key|sig|signature|credentials?")
-_QUERY = re.compile(rf"(?i)([?&;](?:{_SECRET_KEYS})=)[^&;#\s]*")
+# Substrings of a parameter name that mark its value as a secret (rule 2 of the module docstring):
+# ?password=, &pwd=, &loginpas= (Foscam), passphrase= (SRT), token/key/sig (cloud relays, HLS, S3/GCS/Azure
+# pre-signed URLs: X-Amz-Signature, X-Goog-Credential, sig=), session ids, JWTs.
+SECRET_STEMS = ("pas", "pwd", "secret", "token", "auth", "key", "sig", "cred", "sess", "jwt", "cookie",
+                "bearer", "priv", "hmac")
+# Short names that are secrets only as a whole name (as substrings they would match everything).
+SECRET_NAMES = frozenset({"p", "pw", "pin", "psk", "otp", "sid", "code", "hash", "ticket", "nonce"})
+
+_PARAM = re.compile(r"([?&;#])([^=&;#?\s]+)(=)([^&;#\s]*)")          # in free text: a space ends it
+_PARAM_WHOLE = re.compile(r"([?&;#])([^=&;#?]+)(=)([^&;#]*)")           # one whole URI: spaces belong to it
 _URI = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/?#]*)([^\s]*)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a query/fragment parameter called `name` holds a credential (the module's rule 2)."""
+    n = unquote(name).strip().lower()
+    return n in SECRET_NAMES or any(stem in n for stem in SECRET_STEMS)
+
+
+def _mask_params(rest: str, pattern: re.Pattern) -> str:
+    def one(m: re.Match) -> str:
+        sep, name, value = m.group(1), m.group(2), m.group(4)
+        if is_secret_name(name):
+            return f"{sep}{name}={MASK}" if value else m.group(0)
+        # a harmless value may carry another URI or '?token=' (a redirect target): redact inside it too
+        return f"{sep}{name}=" + pattern.sub(one, redact(value))
+    return pattern.sub(one, rest)
 
 
 def _mask_authority(authority: str) -> str:
     if "@" not in authority:
         return authority
-    userinfo, host = authority.rsplit("@", 1)
-    if ":" not in userinfo:
-        return authority            # a user name alone: no password to hide
-    return f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+    return MASK + "@" + authority.rsplit("@", 1)[1]         # rule 1: the whole userinfo, always
 
 
-def _mask_uri(scheme: str, authority: str, rest: str) -> str:
-    return scheme + _mask_authority(authority) + _QUERY.sub(r"\1" + MASK, rest)
+def _mask_uri(scheme: str, authority: str, rest: str, whole: bool = False) -> str:
+    path, hash_, fragment = rest.partition("#")
+    if hash_ and fragment and "=" not in fragment:
+        rest = f"{path}#{MASK}"                     # rule 3: a bare fragment
+    return scheme + _mask_authority(authority) + _mask_params(rest, _PARAM_WHOLE if whole else _PARAM)
 
 
 def redact(text: str) -> str:
-    """Every `scheme://user:password@host…` in `text` with the password masked, and secret query values."""
+    """Every `scheme://…` in `text` with its userinfo and its credential-like parameter values masked."""
     if "://" not in text:
         return text
     return _URI.sub(lambda m: _mask_uri(m.group(1), m.group(2), m.group(3)), text)
@@ -70,7 +114,7 @@ def display_uri(uri: str) -> str:
     m = re.match(r"(?i)([a-z][a-z0-9+.-]*://)([^/?#]*)(.*)\Z", text, re.S)
     if m is None:
         return redact(text)
-    return _mask_uri(m.group(1), m.group(2), m.group(3))
+    return _mask_uri(m.group(1), m.group(2), m.group(3), whole=True)
 
 
 def one_line(text: object, limit: int = 200) -> str:

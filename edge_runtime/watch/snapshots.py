@@ -102,6 +102,10 @@ class SnapshotWriter:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        # The last write failed (a full disk, a folder gone): the next snapshots are still tried, but their
+        # names are not given to the events until one is written again: no event names a file that a
+        # full disk will not hold (issue 28.5).
+        self._failing = False
 
     @classmethod
     def from_config(cls, cfg: SnapshotConfig, stats=None, **kwargs) -> SnapshotWriter | None:
@@ -135,6 +139,7 @@ class SnapshotWriter:
                 if _TEMP_PATTERN.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
         except OSError as exc:
+            self._failing = True
             self._root = self._root or self.dir.absolute()
             self._warn(f"snapshot folder {self.dir} is not usable ({exc.strerror or exc}); "
                        f"snapshots will fail until it is")
@@ -179,7 +184,7 @@ class SnapshotWriter:
                 self._known.discard(name)
             self._count("dropped")
             return None
-        return name
+        return None if self._failing else name
 
     def resolve(self, name: str) -> Path | None:
         """The path of snapshot `name` for serving it, or None: only our own names, regular files in dir."""
@@ -223,9 +228,11 @@ class SnapshotWriter:
             except Exception as exc:        # never let one bad frame stop the thread  # noqa: BLE001
                 with self._lock:
                     self._known.discard(job.name)
+                self._failing = True
                 self._count("failed")
                 self._warn(f"snapshot {job.name} not written: {getattr(exc, 'strerror', None) or exc}")
                 continue
+            self._failing = False
             self._count("written")
             try:
                 self._retain(keep=job.name)

@@ -14,7 +14,8 @@
   GET /snapshots/F   an event's snapshot JPEG (only the snapshot folder's own files)
   POST /collect?label=L[&region=R]   with http.collect_dir set: the latest frame (or region R's crop) as a
                      training image in collect_dir/L/, as `python -m edge_runtime collect` saves it;
-                     cross-site requests (Origin, else Referer, not this page's host) get 403
+                     cross-site requests (Origin, else Referer, not this page's host) get 403; bounded per
+                     label and in total (507) and in rate (429) by teach/budget.py
 
 From the inference loop, prediction() only stores references (record, frame image) and feeds the
 latency histograms: no copies, no encoding, no I/O. JPEG encoding happens in the request threads,
@@ -44,6 +45,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from edge_runtime.util import system
 from edge_runtime.util.addresses import hostname, parse_listen, redact
 from edge_runtime.util.jsonline import dumps
+from edge_runtime.util.ratelimit import RateLimited
 from edge_runtime.util.errors import UserError
 from edge_runtime.core.sink import Sink, SinkContext
 from edge_runtime.web import assets
@@ -446,7 +448,9 @@ class HttpSink(Sink):
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)   # newest last
         self._region_latest: dict[str, dict] = {}               # region -> its last record
         self._last_frame = -1
-        self._collect_lock = threading.Lock()
+        self._collect_lock = threading.Lock()       # makes the SaveBudget once
+        self._collect_budget = None
+        self._collect_warnings = RateLimited(60.0)
         self.teach = None           # web/teach.py's Teach page, with collect_dir
 
     def start(self, context: SinkContext) -> "HttpSink":
@@ -612,15 +616,26 @@ class HttpSink(Sink):
         if image.ndim == 3 and image.shape[2] == 4:
             import cv2
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-        with self._collect_lock:        # one writer at a time: collect's Writer has one temp file per process
-            try:
-                collect.output_folder(self.cfg.collect_dir, label)
-                folder = Path(self.cfg.collect_dir).expanduser() / label
-                path = collect.Writer(folder, f"{name}_" if region is not None else "").save(image)
-                count = sum(1 for p in folder.iterdir() if p.suffix == ".jpg")
-            except collect.CollectError as exc:
-                log.warning("http: could not save a frame: %s", exc)
-                return 500, {"error": str(exc)}
+        # Bounded per label and in total, counted in memory (teach/budget.py); refused before any encoding.
+        from edge_runtime.teach.budget import Refused, SaveBudget
+        with self._collect_lock:
+            if self._collect_budget is None:
+                self._collect_budget = SaveBudget(self.cfg.collect_dir, self.cfg.collect_max_per_label,
+                                                  self.cfg.collect_max_total)
+        budget = self._collect_budget
+        try:
+            count = budget.reserve(label)
+        except Refused as exc:
+            self._collect_warnings.warn(log, "http: POST /collect refused (%d): %s", exc.status, exc)
+            return exc.status, {"error": str(exc)}
+        try:
+            collect.output_folder(self.cfg.collect_dir, label)
+            folder = Path(self.cfg.collect_dir).expanduser() / label
+            path = collect.Writer(folder, f"{name}_" if region is not None else "").save(image)
+        except collect.CollectError as exc:
+            budget.release(label)       # nothing was written: not counted, no name given out
+            self._collect_warnings.warn(log, "http: could not save a frame: %s", exc)
+            return 500, {"error": str(exc)}
         log.info("http: saved %s (%dx%d) for label %s", path, image.shape[1], image.shape[0], label)
         return 200, {"saved": f"{label}/{path.name}", "label": label, "region": name, "frame": latest[1].get("frame"),
                      "width": int(image.shape[1]), "height": int(image.shape[0]), "images": count}
