@@ -41,7 +41,10 @@ def video(path: Path, fps: float, frames: int = 61) -> Path:
 
 
 def live_fps(base: str) -> float | None:
-    status, body = request(base + "/stats.json")
+    try:
+        status, body = request(base + "/stats.json")
+    except OSError:                  # the daemon's server is not listening yet (URLError is an OSError)
+        return None
     return json.loads(body)["fps"] if status == 200 else None
 
 
