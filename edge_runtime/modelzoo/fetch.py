@@ -25,6 +25,7 @@ from typing import Sequence
 
 from edge_runtime import __version__
 from edge_runtime.config import DEFAULT_MODEL
+from edge_runtime.util.argtypes import number_between
 from edge_runtime.util.errors import EXIT_OK, UserError
 from edge_runtime.util.redact import redact
 from edge_runtime.util.safewrite import create_exclusive
@@ -71,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="class names, one per line (default: a checkpoint's own, else ImageNet's for 1000 classes)")
     p.add_argument("--seed", type=int, default=0, help="seed for --untrained (default 0)")
-    p.add_argument("--timeout", type=_deadline, default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+    p.add_argument("--timeout", type=number_between(1, 86400, "seconds"), default=DEFAULT_DEADLINE_S, metavar="SECONDS",
                    help=f"give up a download that has not finished after this long, headers and redirects "
                         f"included (default {DEFAULT_DEADLINE_S}); a silent server is given up after "
                         f"{DOWNLOAD_TIMEOUT_S} s")
@@ -87,15 +88,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--from URL must be http:// or https://, got {redact(args.source)!r}")
     return args
 
-
-def _deadline(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"expected 1 to 86400 seconds, got {text!r}")
-    return value
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.util.argtypes import positive_int
+from edge_runtime.util.argtypes import number_between, positive_int
 from edge_runtime.util.errors import EXIT_OK, EXIT_UNEXPECTED, ConfigError, SourceError, UserError, first_line
 from edge_runtime.util.redact import redact, sanitise_logging
 from edge_runtime.util.safewrite import create_exclusive, open_folder
@@ -68,24 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     lab = p.add_mutually_exclusive_group(required=True)
     lab.add_argument("--label", metavar="NAME", help="class name: 1 to 64 of A-Z a-z 0-9 _ -")
     lab.add_argument("--unlabeled", action="store_true", help=f"save into DIR/{UNLABELED}/ (distill.py ignores it)")
-    p.add_argument("--every", type=_seconds, default=1.0, metavar="SECONDS",
+    p.add_argument("--every", type=number_between(0), default=1.0, metavar="SECONDS",
                    help="consider one frame per this many seconds: of the video's own time for a video file, "
                         "of the clock for a live source (default 1; 0: every frame; an image folder: every image)")
     p.add_argument("--count", type=positive_int, metavar="N",
                    help="save at most N images, then stop (default: until the source ends or Ctrl-C)")
-    p.add_argument("--min-change", type=_seconds, default=DEFAULT_MIN_CHANGE, metavar="D",
+    p.add_argument("--min-change", type=number_between(0), default=DEFAULT_MIN_CHANGE, metavar="D",
                    help="near-duplicate threshold, see below (0: keep every considered frame)")
     return p
 
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def check_label(label: str) -> str:
