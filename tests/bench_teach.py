@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Daemon, free_port  # noqa: E402
-from test_teach_http import BACKBONE, BOX, make_dataset, request  # noqa: E402
+from test_teach_http import BACKBONE, make_dataset, request, write_config  # noqa: E402
 from test_train import bin_scene  # noqa: E402
 
 
@@ -73,20 +73,9 @@ def main() -> int:
         make_dataset(data, per_label=args.per_label)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        (tmp / "config.yaml").write_text(f"""source: {video(tmp / "scene.avi", args.fps)}
-loop: true
-realtime: {"true" if args.fps else "false"}
-model: {args.model}
-threads: {args.threads}
-quiet_predictions: true
-http:
-  listen: 127.0.0.1:{port}
-  collect_dir: {data}
-regions:
-  - name: bin
-    box: {list(BOX)}
-""")
-        daemon = Daemon("--config", tmp / "config.yaml")
+        config = write_config(tmp, video(tmp / "scene.avi", args.fps), data, port, realtime=bool(args.fps),
+                              threads=args.threads, model=args.model)
+        daemon = Daemon("--config", config)
         try:
             daemon.wait_for(lambda: (live_fps(base) or 0) > 0, 120)
             time.sleep(3)                                  # past the warm-up

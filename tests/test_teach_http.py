@@ -50,13 +50,14 @@ def make_dataset(root: Path, per_label: int = 6, seed: int = 11, region: str = "
             assert cv2.imwrite(str(root / label / f"{region}_20261204-1200{i:02d}.000_{i + 1:04d}.jpg"), image)
 
 
-def write_config(tmp_path: Path, video: Path, data: Path, port: int) -> Path:
+def write_config(tmp_path: Path, video: Path, data: Path, port: int, *, realtime: bool = True, threads: int = 2,
+                 model=BACKBONE) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(f"""source: {video}
 loop: true
-realtime: true
-model: {BACKBONE}
-threads: 2
+realtime: {"true" if realtime else "false"}
+model: {model}
+threads: {threads}
 quiet_predictions: true
 http:
   listen: 127.0.0.1:{port}
