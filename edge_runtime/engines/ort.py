@@ -166,7 +166,7 @@ class Engine:
         """Run the model on a blank image (two, with a dynamic batch): what validation accepts must
         not fail on the first frame. Returns the output's values per image."""
         batch = 1 if isinstance(self.input.shape[0], int) else 2
-        blank = self._blank_input(batch)
+        blank = base.blank_input(self.path, self.spec, batch)
         try:
             out = self.session.run([self.output.name], {self.input.name: blank})[0]
         except MemoryError:
@@ -176,9 +176,6 @@ class Engine:
         classes = base.probe_rows(self.path, out, batch, self.output.name, self.input.name, self.input.shape[0])
         base.check_finite_scores(self.path, self.spec, out, batch)
         return classes
-
-    def _blank_input(self, batch: int) -> np.ndarray:
-        return base.blank_input(self.path, self.spec, batch)
 
     def input_shape(self) -> tuple[int, ...]:
         return self.spec.input.tensor_shape(1)
