@@ -556,14 +556,16 @@ class Teach:
                 why = "out of memory"
             why = why.replace(str(work), str(self.root))     # name the user's picture, not its hard link
             log.error("teach: training %s failed, the running model is unchanged: %s", taught.describe(key), why)
-            self.training.update(state="failed", error=why, seconds=round(time.monotonic() - started, 2))
+            outcome = {"state": "failed", "error": why, "seconds": round(time.monotonic() - started, 2)}
         else:
             log.info("teach: %s now runs %s: %s, held-out accuracy %.1f%% on %d images (%s head) in %.1f s",
                      taught.describe(key), model.name, ", ".join(report.labels), 100 * report.accuracy,
                      sum(report.images.values()), report.method, time.monotonic() - started)
-            self.training.update(state="done", progress=1.0, seconds=round(time.monotonic() - started, 2))
+            outcome = {"state": "done", "progress": 1.0, "seconds": round(time.monotonic() - started, 2)}
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        # Only now, with the hard links gone: whoever sees `done`/`failed` finds the dataset folder as it was.
+        self.training.update(**outcome)
 
     def _train_and_deploy(self, key: str, work: Path, started: float):
         from edge_runtime.teach import train as teach_train
